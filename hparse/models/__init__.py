@@ -1,0 +1,1 @@
+"""Models of the four methods, built by name through ``build_model``."""

@@ -1,0 +1,1 @@
+"""Differentiable and combinatorial operators shared by the methods (Instance CRF, bipartite matching)."""
