@@ -45,7 +45,8 @@ def validate_sample(sample: dict, labels: LabelSet, where: str | None = None) ->
     image, semantic, instances = sample["image"], sample["semantic"], sample["instances"]
     boxes, keypoints = sample["boxes"], sample["keypoints"]
 
-    if not (isinstance(image, torch.Tensor) and image.dtype == torch.float32 and image.ndim == 3 and image.shape[0] == 3):
+    if not (isinstance(image, torch.Tensor) and image.dtype == torch.float32 and image.ndim == 3
+            and image.shape[0] == 3):
         _fail(where, f"image must be a float32 tensor (3, H, W), got {_describe(image)}")
     _, height, width = image.shape
     if image.numel() and (image.min() < 0 or image.max() > 1 or not torch.isfinite(image).all()):
@@ -60,7 +61,8 @@ def validate_sample(sample: dict, labels: LabelSet, where: str | None = None) ->
         _fail(where, f"semantic has values {values} outside 0..{labels.num_classes - 1} (and 255) of {labels.name}")
 
     num_persons = boxes.shape[0] if isinstance(boxes, torch.Tensor) and boxes.ndim == 2 else -1
-    if not (isinstance(boxes, torch.Tensor) and boxes.dtype == torch.float32 and boxes.ndim == 2 and boxes.shape[1] == 4):
+    if not (isinstance(boxes, torch.Tensor) and boxes.dtype == torch.float32 and boxes.ndim == 2
+            and boxes.shape[1] == 4):
         _fail(where, f"boxes must be a float32 tensor (N, 4), got {_describe(boxes)}")
     if instances.min() < 0 or instances.max() > num_persons:
         _fail(where, f"instances has ids in {instances.min().item()}..{instances.max().item()} but there are "

@@ -95,7 +95,10 @@ def draw_boxes(ax, boxes, colours: np.ndarray | None = None, labels: Sequence[st
 def draw_keypoints(ax, keypoints, keypoint_set: KeypointSet | None = None, colours: np.ndarray | None = None,
                    markersize: float = 3.0):
     """Draw (N, K, 3) keypoints (visible filled, occluded hollow, absent skipped) and the skeleton's limbs."""
-    keypoints = _np(keypoints).reshape(-1, _np(keypoints).shape[-2] if _np(keypoints).ndim == 3 else 0, 3)
+    keypoints = _np(keypoints)
+    if keypoints.size == 0:  # no persons, or a dataset without keypoints (K = 0)
+        return
+    keypoints = keypoints.reshape(-1, keypoints.shape[-2], 3)
     colours = instance_palette(len(keypoints))[1:] if colours is None else colours
     for k, person in enumerate(keypoints):
         colour = np.asarray(colours[k % len(colours)]) / 255.0
