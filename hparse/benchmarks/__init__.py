@@ -15,6 +15,7 @@ from ..engine.profiles import Profile
 
 # name -> module implementing ``run(profile, device)``; modules are imported only when run.
 BENCHMARKS: dict[str, str] = {
+    "matching": "hparse.benchmarks.matching",
 }
 
 

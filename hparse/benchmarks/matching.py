@@ -1,0 +1,153 @@
+"""Benchmark: batched differentiable matching (PGD + Dykstra) against per-problem Hungarian and batched greedy.
+
+A bottom-up parser solves one small bipartite matching per limb type and image (§3.3 of the multi-granularity
+parser: 19 COCO limbs × batch size problems per step). This benchmark times, for B problems of size n × n:
+
+- ``dykstra``: :func:`hparse.ops.dykstra_matching` at its default settings on the whole batch at once, plus
+  :func:`hparse.ops.round_assignment` to get assignments (``dykstra_s`` is solve + round);
+- ``hungarian``: :func:`hparse.ops.hungarian_matching`, a Python loop calling scipy's ``linear_sum_assignment``
+  per problem (on the CPU; the scores are copied there first when the device is CUDA);
+- ``greedy``: :func:`hparse.ops.greedy_matching`, batched on the device;
+
+and records each method's quality on the same problems (fraction within 1% of the Hungarian weight). It also times
+one forward + backward pass of the Dykstra solver at a training-sized batch. Sizes follow the profile: ``smoke``
+shrinks everything; ``cpu`` and ``gpu`` use 10×10 and 20×20 with B from 1 to 4096. CPU timings run with one torch
+thread (scipy is single-threaded too, and the machine may be shared); the config records it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from ..engine.profiles import Profile
+from ..engine.results import write_result
+from ..ops.matching import (
+    DEFAULT_ITERS,
+    DEFAULT_PROJ_ITERS,
+    DEFAULT_STEP,
+    dykstra_matching,
+    greedy_matching,
+    hungarian_matching,
+    matching_weight,
+    round_assignment,
+)
+
+# Profile name -> problem sides, batch sizes and the batch of the forward+backward timing.
+SETTINGS: dict[str, dict] = {
+    "smoke": {"sizes": (5, 10), "batches": (1, 8, 64), "train_batch": 16},
+    "cpu": {"sizes": (10, 20), "batches": (1, 4, 16, 64, 256, 1024, 4096), "train_batch": 256},
+    "gpu": {"sizes": (10, 20), "batches": (1, 4, 16, 64, 256, 1024, 4096), "train_batch": 256},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, arg, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls of ``fn(arg)`` (after one untimed call) and the last output."""
+    out = fn(arg)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(arg)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def _forward_backward(A: torch.Tensor) -> torch.Tensor:
+    A.grad = None
+    dykstra_matching(A).sum().backward()
+    return A.grad
+
+
+def _within(weight: torch.Tensor, optimum: torch.Tensor, tol: float = 0.01) -> float:
+    return float((weight >= (1 - tol) * optimum - 1e-9).double().mean())
+
+
+def run(profile: Profile, device: torch.device) -> dict:
+    """Time the three solvers over the profile's sizes on ``device``; write ``results/<profile>/bench/matching``."""
+    device = torch.device(device)
+    settings = SETTINGS.get(profile.name, SETTINGS["cpu"])
+    repeats = max(1, profile.bench_repeats)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = []
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for n in settings["sizes"]:
+            for B in settings["batches"]:
+                A = torch.rand(B, n, n, generator=gen).to(device)
+                t_solve, Y = _time(dykstra_matching, A, device, repeats)
+                t_round, sel_d = _time(round_assignment, Y, device, repeats)
+                t_hung, sel_h = _time(hungarian_matching, A, device, repeats)
+                t_greedy, sel_g = _time(greedy_matching, A, device, repeats)
+                optimum = matching_weight(A.double(), sel_h)
+                rows.append({
+                    "size": n,
+                    "batch": B,
+                    "dykstra_s": t_solve + t_round,
+                    "dykstra_solve_s": t_solve,
+                    "round_s": t_round,
+                    "hungarian_loop_s": t_hung,
+                    "greedy_s": t_greedy,
+                    "hungarian_over_dykstra": t_hung / (t_solve + t_round),
+                    "dykstra_within_1pct": _within(matching_weight(A.double(), sel_d), optimum),
+                    "greedy_within_1pct": _within(matching_weight(A.double(), sel_g), optimum),
+                })
+
+        # One training step's matching cost: forward through the unrolled iterations, then backward to A.
+        train = []
+        for n in settings["sizes"]:
+            A = torch.rand(settings["train_batch"], n, n, generator=gen).to(device).requires_grad_(True)
+
+            t_train, _ = _time(_forward_backward, A, device, repeats)
+            train.append({"size": n, "batch": settings["train_batch"], "forward_backward_s": t_train})
+
+        largest = [r for r in rows if r["batch"] == max(settings["batches"])]
+        metrics = {
+            "rows": rows,
+            "train_step": train,
+            # Headline numbers: the largest batch of each size.
+            "largest_batch": {
+                f"{r['size']}x{r['size']}": {
+                    "batch": r["batch"],
+                    "dykstra_s": r["dykstra_s"],
+                    "hungarian_loop_s": r["hungarian_loop_s"],
+                    "greedy_s": r["greedy_s"],
+                    "hungarian_over_dykstra": r["hungarian_over_dykstra"],
+                }
+                for r in largest
+            },
+        }
+        config = {
+            "sizes": list(settings["sizes"]),
+            "batches": list(settings["batches"]),
+            "train_batch": settings["train_batch"],
+            "repeats": repeats,
+            "timing": "median of repeats after one untimed call",
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "dykstra": {"iters": DEFAULT_ITERS, "step": DEFAULT_STEP, "proj_iters": DEFAULT_PROJ_ITERS,
+                        "warm_start": True},
+            "scores": "uniform in [0, 1], float32, seed 0",
+            # CPU timings on a shared machine depend on what else runs; the 1-minute load average brackets the run.
+            "load_average_1min": {"before": load_before,
+                                  "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        }
+        # Written before the thread count is restored, so the provenance names the setting that was timed.
+        write_result("bench/matching", metrics, profile=profile.name, config=config,
+                     wall_time_s=time.perf_counter() - started, device=device)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
