@@ -1,5 +1,8 @@
 """Datasets (all returning the data contract of DESIGN.md), label sets, transforms and collate."""
 
+from .cihp import CIHP, write_cihp
+from .densepose_coco import DensePoseCOCO, write_densepose_coco
+from .io import DatasetError, DatasetNotFoundError
 from .labels import (
     CIHP_LABELS,
     COCO17,
@@ -12,3 +15,5 @@ from .labels import (
     LabelSet,
     get_label_set,
 )
+from .mhp import MHPv2, write_mhp
+from .pascal_person_part import PascalPersonPart, write_pascal_person_part
