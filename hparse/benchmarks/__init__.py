@@ -16,6 +16,7 @@ from ..engine.profiles import Profile
 # name -> module implementing ``run(profile, device)``; modules are imported only when run.
 BENCHMARKS: dict[str, str] = {
     "matching": "hparse.benchmarks.matching",
+    "metrics": "hparse.benchmarks.metrics",
 }
 
 
