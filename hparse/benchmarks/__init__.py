@@ -17,6 +17,7 @@ from ..engine.profiles import Profile
 BENCHMARKS: dict[str, str] = {
     "matching": "hparse.benchmarks.matching",
     "metrics": "hparse.benchmarks.metrics",
+    "synth": "hparse.benchmarks.synth",
 }
 
 
