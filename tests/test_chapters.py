@@ -14,7 +14,6 @@ def test_chapter_runs_top_to_bottom(path, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("HPARSE_PROFILE", "smoke")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = jupytext.read(path)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=600,
                                      resources={"metadata": {"path": str(path.parent)}})
