@@ -61,6 +61,395 @@ def _cmd_data_preview(args) -> int:
     return 0
 
 
+def _cmd_data_verify(args) -> int:
+    """Load every image of a real dataset with all checks; list every problem; exit 1 if there is any."""
+    from .data.io import DatasetNotFoundError
+    from .data.verify import DEFAULT_SPLITS, dataset_key, verify_split
+
+    try:
+        key = dataset_key(args.dataset)
+    except KeyError as err:
+        raise UserError(err.args[0]) from None
+    splits = args.split or list(DEFAULT_SPLITS[key])
+    reports = []
+    for split in splits:
+        try:
+            report = verify_split(key, args.root, split, limit=args.limit, workers=args.workers,
+                                  on_problem=lambda line: print(f"  {line}", flush=True))
+        except DatasetNotFoundError as err:
+            raise UserError(str(err)) from None
+        print(report.summary(), flush=True)
+        reports.append(report)
+    problems = sum(len(r.problems) for r in reports)
+    checked = sum(r.checked for r in reports)
+    print(f"{'OK' if not problems else 'FAILED'}: {checked} images checked in {len(reports)} split(s) of "
+          f"{args.root}, {problems} problem{'s' * (problems != 1)}")
+    return 1 if problems else 0
+
+
+_EXPORT_FORMATS = ("cihp", "mhp", "ppp", "densepose")
+
+
+def _cmd_data_export(args) -> int:
+    """Write SynthCrowd images in a real dataset's official on-disk layout (readable by that dataset's loader)."""
+    from .data.verify import open_dataset
+
+    if args.split not in ("train", "val"):
+        raise UserError(f"--split must be train or val for an export (the real datasets' test splits have no "
+                        f"labels), got {args.split!r}")
+    dataset = _synth_from_args(args)
+    if args.format == "cihp":
+        from .data.cihp import write_cihp
+
+        write_cihp((dataset[i] for i in range(len(dataset))), args.out, args.split)
+    elif args.format == "mhp":
+        from .data.mhp import write_mhp
+
+        write_mhp((dataset[i] for i in range(len(dataset))), args.out, args.split)
+    elif args.format == "ppp":
+        from .data.pascal_person_part import synth_to_pascal_person_part, write_pascal_person_part
+
+        write_pascal_person_part((synth_to_pascal_person_part(dataset, i) for i in range(len(dataset))), args.out,
+                                 args.split)
+    else:
+        from .data.densepose_coco import synth_to_densepose, write_densepose_coco
+
+        write_densepose_coco((synth_to_densepose(dataset, i) for i in range(len(dataset))), args.out, args.split)
+    written = open_dataset(args.format, args.out, args.split)
+    people = sum(len(written[i]["boxes"]) for i in range(len(written)))
+    print(f"wrote {len(written)} SynthCrowd {args.split} images ({people} people) to {args.out} in the "
+          f"{written.name} layout; read them with {type(written).__name__}({str(args.out)!r}, {args.split!r})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+_EVALUATE_HELP = """Score predictions stored as PNG files against a dataset's ground truth: mIoU, AP^p (APp10..APp90,
+APpvol), PCP and AP^r (APr10..APr90, APrvol), with the official evaluation scripts' semantics (fractions in [0, 1]).
+
+Prediction folder layouts (--layout auto picks by the folders present; label maps are single-channel PNGs of
+label values, 8-bit or 16-bit, named by the ground truth's image id):
+
+  hparse (hparse.metrics.io.write_predictions; every metric):
+    global_parsing/<id>.png            semantic map, part label 0..n-1 per pixel
+    person_parsing/<id>.txt            one line per person: "<KK> <score>" [+ n per-part scores]
+    person_parsing/<id>_<NN>_<KK>.png  part map of person KK of NN (0 = not this person); persons may overlap
+  cihp (the CIHP challenge submission; mIoU and AP^r):
+    global_parsing/<id>.png            semantic map
+    instance_parsing/<id>.png          part-instance map, pixel value k = instance k (0 = none)
+    instance_parsing/<id>.txt          line k: "<class_id> <score>"
+  mhp (the MHP v2 submission; every metric):
+    results.txt                        lines "<id> <pid> <score> <pid> <score> ..."
+    global_seg/<id>.png, global_tag/<id>.png   part labels and person ids; person = (tag == pid) * seg
+
+Ground truth (--gt): the dataset's official layout, read by hparse.data.CIHP / MHPv2 (for cihp, the
+instance-level_human_parsing folder; for mhp, LV-MHP-v2); for synth, a SynthCrowd export written by
+`hparse data export --format cihp` (read as CIHP)."""
+
+
+def _cmd_evaluate(args) -> int:
+    """Score a prediction folder against a dataset split; print the metrics and optionally write them as JSON."""
+    if args.checkpoint is not None:
+        return _evaluate_checkpoint(args)
+    if args.pred is None or args.gt is None or args.dataset is None:
+        raise UserError("evaluate needs --pred, --gt and --dataset (prediction folder mode) or --checkpoint "
+                        "(model mode)")
+    import json
+    import math
+
+    import torch
+
+    from .data.io import DatasetError
+    from .metrics import MetricInputError, ParsingEvaluator
+    from .metrics.io import PredictionFormatError, PredictionReader
+
+    loader = {"cihp": "cihp", "synth": "cihp", "mhp": "mhp"}[args.dataset]
+    try:
+        from .data.verify import open_dataset
+
+        dataset = open_dataset(loader, args.gt, args.split)
+    except ImportError as err:
+        raise UserError(f"reading {args.dataset} ground truth needs the {loader} loader of hparse.data ({err})") \
+            from None
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        raise UserError(f"cannot read the {args.dataset} {args.split} ground truth in {args.gt}: {err}") from None
+    labels = dataset.labels
+    try:
+        reader = PredictionReader(args.pred, labels.num_classes, args.layout)
+    except PredictionFormatError as err:
+        raise UserError(str(err)) from None
+
+    missing = [i for i in dataset.ids if not reader.has(i)]
+    if missing and args.missing == "error":
+        raise UserError(f"{len(missing)} of {len(dataset)} {args.split} images have no prediction in {args.pred} "
+                        f"({reader.layout} layout), e.g. {', '.join(missing[:3])}; pass --missing skip or "
+                        f"--missing empty to score them anyway")
+    evaluator = ParsingEvaluator(
+        labels.num_classes, class_names=labels.names, absent_class=args.absent_class, score_thresh=args.score_thresh,
+        skip_empty_gt=args.skip_empty_gt, ap_style=args.ap_style, class_mean=args.class_mean,
+        ignore_void=args.ignore_void, metrics=reader.metrics)
+    skipped = set(missing) if args.missing == "skip" else set()
+    for index, image_id in enumerate(dataset.ids):
+        if image_id in skipped:
+            continue
+        target = dataset[index]
+        shape = tuple(target["semantic"].shape)
+        try:
+            if image_id in missing:  # --missing empty: no person, everything background
+                pred = {"semantic": torch.zeros(shape, dtype=torch.int64),
+                        "person_parts": torch.zeros((0, *shape), dtype=torch.int64), "person_scores": torch.zeros(0)}
+            else:
+                pred = reader.read(image_id, shape)
+            evaluator.update(pred, target)
+        except (PredictionFormatError, MetricInputError) as err:
+            raise UserError(f"{args.pred}: {err}") from None
+
+    metrics = evaluator.compute()
+    headline = [k for k in ("mIoU", "pixel_acc", "APp50", "APpvol", "PCP50", "APr50", "APr60", "APr70", "APrvol")
+                if k in metrics]
+    print(f"{args.dataset} {args.split}: {metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
+          f"{metrics['num_pred_persons']} predicted persons ({reader.layout} layout"
+          f"{f', {len(skipped)} skipped' if skipped else ''})")
+    for key in headline:
+        print(f"  {key:<10} {metrics[key]:.4f}")
+    if args.json is not None:
+        from .engine.results import atomic_write_text
+
+        def finite(value):  # JSON has no NaN: an undefined metric is null
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            return [finite(v) for v in value] if isinstance(value, list) else value
+
+        record = {"metrics": {k: finite(v) for k, v in metrics.items()}, "evaluator": evaluator.config(),
+                  "dataset": args.dataset, "split": args.split, "pred": str(args.pred), "gt": str(args.gt),
+                  "layout": reader.layout, "skipped": sorted(skipped)}
+        atomic_write_text(Path(args.json), json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- train, demo
+
+_MODEL_FLAGS = ("backbone", "pss", "roi_size", "gce", "ipbc", "parsing_batch")
+_SWITCH = {"on": True, "off": False}
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Parsing R-CNN components (default: the paper's full model)")
+    group.add_argument("--backbone", default=None, help="resnet18, resnet50, resnet101 (default: the profile's)")
+    group.add_argument("--backbone-weights", default=None,
+                       help="torchvision ImageNet weights, e.g. DEFAULT (needs a network; default: none)")
+    group.add_argument("--pss", default=None, choices=("on", "off", "p2_only"),
+                       help="proposals separation sampling, Sec. 3.1 (on: parsing RoIs from P2 only)")
+    group.add_argument("--no-pss", dest="pss", action="store_const", const="off", help="same as --pss off")
+    group.add_argument("--roi-size", type=int, default=None, help="parsing RoIAlign size, Sec. 3.2 (14 baseline, "
+                       "32 ERR, 64)")
+    group.add_argument("--gce", default=None, choices=("on", "off", "aspp", "nonlocal"),
+                       help="geometric and context encoding, Sec. 3.3 (off: the eight-conv baseline)")
+    group.add_argument("--no-gce", dest="gce", action="store_const", const="off", help="same as --gce off")
+    group.add_argument("--ipbc", default=None, choices=("on", "off", "after", "before", "both"),
+                       help="four 3x3 512-d convs around the GCE, Sec. 3.4 (on = after)")
+    group.add_argument("--no-ipbc", dest="ipbc", action="store_const", const="off", help="same as --ipbc off")
+    group.add_argument("--parsing-batch", type=int, default=None, help="parsing RoIs per image in training")
+
+
+def _model_config(args, profile) -> dict:
+    """The profile's recipe for the dataset with the command line's component flags on top."""
+    from .models.parsing_rcnn import training_recipe
+
+    recipe = training_recipe(profile, args.dataset)
+    model = recipe["model"]
+    for flag in _MODEL_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            model[flag] = _SWITCH.get(value, value) if isinstance(value, str) else value
+    if getattr(args, "backbone_weights", None):
+        model["backbone_weights"] = args.backbone_weights
+    return recipe
+
+
+def _train_dataset(args, profile, split: str, num: int):
+    """SynthCrowd at the profile's size, or a real dataset read from ``--root``."""
+    if args.dataset == "synth":
+        from .data import SynthCrowd
+
+        return SynthCrowd(split=split, num_images=num, image_size=profile.image_size, min_people=1,
+                          max_people=profile.max_people, seed=args.seed)
+    if args.root is None:
+        raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder; see data_scripts/README.md)")
+    from .data.io import DatasetError
+    from .data.verify import open_dataset
+
+    try:
+        return open_dataset(args.dataset, args.root, split)
+    except (DatasetError, ValueError, FileNotFoundError, KeyError) as err:
+        raise UserError(f"cannot read the {args.dataset} {split} split in {args.root}: {err}") from None
+
+
+def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False):
+    """Build the model, train it, evaluate it; returns (model, summary, recipe, eval_dataset)."""
+    import torch
+
+    from .engine import get_device, train
+    from .models import build_model
+
+    if args.model != "parsing_rcnn":
+        raise UserError(f"--model {args.model!r}: this command trains parsing_rcnn (other models: see the book)")
+    recipe = _model_config(args, profile)
+    model_cfg, train_cfg = recipe["model"], recipe["train"]
+    train_set = _train_dataset(args, profile, "train", profile.train_images)
+    val_set = _train_dataset(args, profile, "val", profile.val_images)
+    if iterations is not None:
+        train_cfg["iterations"] = iterations
+        train_cfg["warmup"] = min(train_cfg["warmup"], max(iterations // 10, 1))
+    for key in ("batch_size", "lr"):
+        if getattr(args, key, None) is not None:
+            train_cfg[key] = getattr(args, key)
+    if getattr(args, "workers", None) is not None:
+        train_cfg["num_workers"] = args.workers
+    device = get_device(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        model = build_model("parsing_rcnn", num_classes=train_set.labels.num_classes, **model_cfg)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    config = {"model": {"name": "parsing_rcnn", **model_cfg}, "train": train_cfg, "dataset": args.dataset,
+              "train_images": len(train_set), "val_images": len(val_set), "seed": args.seed}
+    if args.dataset == "synth":
+        config.update(image_size=profile.image_size, max_people=profile.max_people)
+    if not quiet:
+        print(f"training parsing_rcnn on {args.dataset} ({len(train_set)} train / {len(val_set)} val images, "
+              f"profile {profile.name}, {device}) -> {out_dir}")
+    summary = train(model, train_set, eval_dataset=val_set, out_dir=out_dir, resume=not args.no_resume,
+                    seed=args.seed, device=device, result_name=result_name, profile=profile.name, config=config,
+                    progress=not quiet, **train_cfg)
+    return model, summary, recipe, val_set
+
+
+def _print_metrics(metrics: dict) -> None:
+    for key in ("mIoU", "APp50", "APpvol", "PCP50", "APr50"):
+        if key in metrics:
+            print(f"  {key:<8} {metrics[key]:.4f}")
+
+
+def _cmd_train(args) -> int:
+    """Train Parsing R-CNN with the profile's recipe; checkpoint, log and results file with provenance."""
+    from .engine import get_profile
+
+    profile = get_profile(args.profile)
+    out_dir = args.out or Path("runs") / f"parsing_rcnn_{args.dataset}_{profile.name}"
+    name = args.result_name or f"parsing_rcnn/train_{args.dataset}"
+    _, summary, _, _ = _train_run(args, profile, iterations=args.iterations, out_dir=out_dir, result_name=name)
+    print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
+          f"({summary['images_per_s']:.1f} images/s); checkpoint {summary['checkpoint']}")
+    if summary["metrics"]:
+        _print_metrics(summary["metrics"])
+    return 0
+
+
+_DEMO_ITERATIONS = {"smoke": 4, "cpu": 300, "gpu": 3000}
+
+
+def _cmd_demo(args) -> int:
+    """Train a small Parsing R-CNN on SynthCrowd, evaluate it, write its metrics and an overlay PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .engine import get_profile
+    from .viz import overlay_person_parts, overlay_semantic, save_figure
+
+    profile = get_profile(args.profile)
+    args.dataset, args.root, args.model, args.batch_size, args.lr, args.workers = "synth", None, "parsing_rcnn", \
+        None, None, None
+    for flag in _MODEL_FLAGS:
+        setattr(args, flag, None)
+    args.backbone_weights = None
+    out_dir = args.out or Path("runs") / f"demo_{profile.name}"
+    iterations = args.iterations or _DEMO_ITERATIONS[profile.name]
+    model, summary, _, val_set = _train_run(args, profile, iterations=iterations, out_dir=out_dir,
+                                            result_name="parsing_rcnn/demo")
+    print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
+          f"({summary['images_per_s']:.1f} images/s)")
+    _print_metrics(summary["metrics"] or {})
+
+    count = min(4, len(val_set))
+    samples = [val_set[i] for i in range(count)]
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        predictions = model([s["image"].to(device) for s in samples])
+    fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.4), squeeze=False)
+    for k, (sample, pred) in enumerate(zip(samples, predictions)):
+        keep = pred["person_scores"] >= model.semantic_score_thresh
+        axes[0, k].imshow(overlay_semantic(sample["image"], sample["semantic"], val_set.labels))
+        axes[0, k].set_title(f"ground truth ({len(sample['boxes'])})", fontsize=8)
+        axes[1, k].imshow(overlay_person_parts(sample["image"], pred["person_parts"][keep].cpu(), val_set.labels))
+        axes[1, k].set_title(f"predicted ({int(keep.sum())} >= {model.semantic_score_thresh})", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"Parsing R-CNN on SynthCrowd val ({profile.name} profile, {summary['step']} steps)", fontsize=9)
+    path = save_figure(fig, Path(out_dir) / "overlay.png")
+    plt.close(fig)
+    print(f"wrote {path}")
+    return 0
+
+
+def _evaluate_checkpoint(args) -> int:
+    """``hparse evaluate --checkpoint``: rebuild the model from its checkpoint and score it on a dataset split."""
+    import json
+
+    from .engine import evaluate, get_profile, write_result
+    from .engine.checkpoint import CheckpointError, load_model
+    from .engine.results import atomic_write_text
+
+    try:
+        model, checkpoint = load_model(args.checkpoint, device=args.device)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    profile = get_profile(args.profile)
+    config = checkpoint.get("config") or {}
+    dataset_name = args.dataset or config.get("dataset", "synth")
+    if dataset_name == "synth":
+        from .data import SynthCrowd
+
+        num = args.num or profile.val_images
+        dataset = SynthCrowd(split=args.split, num_images=num, image_size=config.get("image_size", profile.image_size),
+                             min_people=1, max_people=config.get("max_people", profile.max_people), seed=args.seed)
+    else:
+        if args.gt is None:
+            raise UserError(f"--checkpoint with --dataset {dataset_name} needs --gt (the dataset root)")
+        from .data.io import DatasetError
+        from .data.verify import open_dataset
+
+        try:
+            dataset = open_dataset(dataset_name, args.gt, args.split)
+        except (DatasetError, ValueError, FileNotFoundError, KeyError) as err:
+            raise UserError(f"cannot read the {dataset_name} {args.split} split in {args.gt}: {err}") from None
+    mode = dict(absent_class=args.absent_class, score_thresh=args.score_thresh, skip_empty_gt=args.skip_empty_gt,
+                ap_style=args.ap_style, class_mean=args.class_mean, ignore_void=args.ignore_void)
+    metrics = evaluate(model, dataset, batch_size=2, max_images=args.num,
+                       evaluator_kwargs={**mode, "class_names": dataset.labels.names})
+    print(f"{args.checkpoint} (step {checkpoint.get('step')}) on {dataset_name} {args.split}: "
+          f"{metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
+          f"{metrics['num_pred_persons']} predicted persons")
+    _print_metrics(metrics)
+    if args.result_name:
+        path = write_result(args.result_name, metrics, profile=profile.name,
+                            config={"checkpoint": str(args.checkpoint), "step": checkpoint.get("step"),
+                                    "dataset": dataset_name, "split": args.split, "model": checkpoint["model_config"]})
+        print(f"wrote {path}")
+    if args.json is not None:
+        from .engine.trainer import _plain
+
+        atomic_write_text(Path(args.json), json.dumps({"metrics": _plain(metrics), "checkpoint": str(args.checkpoint),
+                                                       "dataset": dataset_name, "split": args.split}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------- bench
 
 
@@ -99,6 +488,87 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--panel", default="parts", choices=("image", "parts", "persons", "all"))
     _add_synth_options(preview)
     preview.set_defaults(func=_cmd_data_preview)
+    verify = data_sub.add_parser("verify", help="check every file of a real dataset and list every problem")
+    verify.add_argument("--dataset", required=True, help="cihp, mhp, ppp (PASCAL-Person-Part) or densepose")
+    verify.add_argument("--root", type=Path, required=True, help="the dataset root the loader takes (see "
+                        "data_scripts/README.md)")
+    verify.add_argument("--split", action="append", default=None,
+                        help="split to check (repeatable; default: every labelled split of the dataset)")
+    verify.add_argument("--limit", type=int, default=None, help="check only the first N images of each split")
+    verify.add_argument("--workers", type=int, default=0, help="processes to spread the checks over")
+    verify.set_defaults(func=_cmd_data_verify)
+    export = data_sub.add_parser("export", help="write SynthCrowd in a real dataset's on-disk layout")
+    export.add_argument("--format", required=True, choices=_EXPORT_FORMATS,
+                        help="cihp, mhp (MHP v2.0), ppp (PASCAL-Person-Part) or densepose (DensePose-COCO)")
+    export.add_argument("--out", type=Path, required=True, help="dataset root to write")
+    _add_synth_options(export)
+    export.set_defaults(func=_cmd_data_export)
+
+    evaluate = sub.add_parser("evaluate", help="score predictions (PNG folders) against a dataset's ground truth",
+                              description=_EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--pred", type=Path, default=None, help="prediction folder (layouts below)")
+    evaluate.add_argument("--gt", type=Path, default=None, help="ground-truth dataset root")
+    evaluate.add_argument("--dataset", default=None, choices=("cihp", "mhp", "synth"))
+    evaluate.add_argument("--split", default="val", help="ground-truth split (default: val)")
+    evaluate.add_argument("--layout", default="auto", choices=("auto", "hparse", "cihp", "mhp"))
+    evaluate.add_argument("--missing", default="error", choices=("error", "skip", "empty"),
+                          help="images without a prediction: stop (default), leave them out, or score them as "
+                          "empty predictions")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the metrics and evaluator mode here")
+    mode = evaluate.add_argument_group("evaluator mode (defaults reproduce the papers' official scripts)")
+    mode.add_argument("--absent-class", default="nan", choices=("nan", "zero"),
+                      help="mIoU of a class absent from the split: skipped (Parsing R-CNN, PGN) or 0 (MG, QANet)")
+    mode.add_argument("--score-thresh", type=float, default=0.001,
+                      help="AP^p/PCP skip persons scored below this (Parsing R-CNN: 0.001)")
+    mode.add_argument("--skip-empty-gt", action="store_true",
+                      help="AP^p/PCP leave out GT persons without pixels (MHP v2 script) instead of counting them")
+    mode.add_argument("--ap-style", default="voc", choices=("voc", "uninterpolated"),
+                      help="AP^r integration: VOC all-point (CIHP/PGN) or uninterpolated (Oxford TVG)")
+    mode.add_argument("--class-mean", default="mean", choices=("mean", "nanmean"),
+                      help="AP^r mean over part classes: np.mean (PGN) or np.nanmean (MG, QANet)")
+    mode.add_argument("--ignore-void", action="store_true",
+                      help="AP^r: drop predicted pixels on ignore-label ground truth (Oxford TVG)")
+    model_mode = evaluate.add_argument_group(
+        "model mode: --checkpoint runs a trained model (hparse train / demo) over a split instead of --pred")
+    model_mode.add_argument("--checkpoint", type=Path, default=None, help="checkpoint.pt (or its run folder)")
+    model_mode.add_argument("--num", type=int, default=None, help="score only the first N images (synth: the "
+                            "val split has the profile's val_images by default)")
+    model_mode.add_argument("--seed", type=int, default=0, help="SynthCrowd seed (synth only)")
+    model_mode.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    model_mode.add_argument("--result-name", default=None, help="also write results/<profile>/<name>.json")
+    _add_profile(model_mode)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    train = sub.add_parser("train", help="train Parsing R-CNN (checkpoints, log, results file with provenance)")
+    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn",))
+    train.add_argument("--dataset", default="synth", choices=("synth", "cihp", "mhp", "ppp"),
+                       help="synth (SynthCrowd at the profile's size) or a real dataset read from --root")
+    train.add_argument("--root", type=Path, default=None, help="real dataset root (see data_scripts/README.md)")
+    train.add_argument("--iterations", type=int, default=None, help="optimiser steps (default: the profile's)")
+    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
+    train.add_argument("--lr", type=float, default=None, help="base learning rate (default: 0.02 x batch / 16)")
+    train.add_argument("--workers", type=int, default=None, help="data loader processes")
+    train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/parsing_rcnn_<dataset>_"
+                       "<profile>)")
+    train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a "
+                       "checkpoint")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--result-name", default=None,
+                       help="results/<profile>/<name>.json (default: parsing_rcnn/train_<dataset>)")
+    _add_model_options(train)
+    _add_profile(train)
+    train.set_defaults(func=_cmd_train)
+
+    demo = sub.add_parser("demo", help="train a small Parsing R-CNN on SynthCrowd, evaluate it, write an overlay")
+    demo.add_argument("--iterations", type=int, default=None,
+                      help=f"optimiser steps (default per profile: {_DEMO_ITERATIONS})")
+    demo.add_argument("--out", type=Path, default=None, help="run folder (default: runs/demo_<profile>)")
+    demo.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_profile(demo)
+    demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes results/<profile>/bench/<name>.json)")
     bench.add_argument("name", help="benchmark name, or 'all'")

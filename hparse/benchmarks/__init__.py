@@ -17,6 +17,7 @@ from ..engine.profiles import Profile
 BENCHMARKS: dict[str, str] = {
     "matching": "hparse.benchmarks.matching",
     "metrics": "hparse.benchmarks.metrics",
+    "parsing_rcnn": "hparse.benchmarks.parsing_rcnn",
     "synth": "hparse.benchmarks.synth",
 }
 

@@ -2,3 +2,4 @@
 
 from .profiles import PROFILES, Profile, get_device, get_profile, seed_everything
 from .results import find_results, load_result, provenance, write_result
+from .trainer import evaluate, train

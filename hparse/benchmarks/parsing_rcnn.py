@@ -1,0 +1,209 @@
+"""Parsing R-CNN speed (training throughput, inference latency vs people) and the component ladder of Table 6.
+
+Top-down parsing costs one parsing-branch pass and one paste per detected person, so its inference time grows with
+the crowd (bottom-up methods do not). To measure that growth without depending on what a model has learned, the
+detector keeps exactly ``n`` detections per image (score threshold 0, ``n`` detections per image) on SynthCrowd
+images holding ``n`` people; the model is the profile's SynthCrowd recipe (:func:`training_recipe`) with the paper's
+flags on. Each number is the best of ``profile.bench_repeats`` timed repeats (at least 5 for latencies) after one
+warm-up, measured in one process (the minimum, because other load on a shared machine only ever adds time); the
+cost per extra person is the least-squares slope over 1-16 people.
+
+:func:`ladder` trains the paper's ablation ladder (Table 6: baseline -> +PSS -> +ERR -> +GCE -> +IPBC) on SynthCrowd
+at a profile's size and writes one results file per rung (``results/<profile>/parsing_rcnn/ladder_<k>_<rung>.json``)::
+
+    python -m hparse.benchmarks.parsing_rcnn --ladder --profile cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import SynthCrowd
+from ..data.collate import collate_detection, targets_to
+from ..engine.profiles import Profile, get_device, get_profile, seed_everything
+from ..engine.results import write_result
+from ..engine.trainer import build_optimizer, train
+from ..models import build_model
+from ..models.parsing_rcnn import training_recipe
+
+__all__ = ["run", "ladder", "LADDER", "PEOPLE"]
+
+PEOPLE = (1, 2, 4, 8, 16)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)  # best of the repeats: other load on the machine only ever adds time
+
+
+def _slope(xs, ys) -> float:
+    """Least-squares slope of ys over xs (milliseconds per extra person)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def run(profile: Profile, device: torch.device) -> dict:
+    """Time training steps and per-image inference; write ``results/<profile>/bench/parsing_rcnn.json``."""
+    device = torch.device(device)
+    seed_everything(0)
+    recipe = training_recipe(profile)
+    model = build_model("parsing_rcnn", num_classes=20, **recipe["model"]).to(device)
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    repeats = max(profile.bench_repeats, 1)
+    batch = profile.batch_size
+
+    # Training throughput: full steps (forward, backward, optimiser) on SynthCrowd batches.
+    data = SynthCrowd("train", num_images=batch, image_size=profile.image_size, min_people=1,
+                      max_people=profile.max_people, seed=0)
+    images, targets = collate_detection([data[i] for i in range(batch)])
+    images, targets = [i.to(device) for i in images], targets_to(targets, device)
+    optimizer = build_optimizer(model, "sgd", lr=1e-4)
+    model.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    step_s = _timed(step, repeats, device)
+
+    # Inference latency vs people: exactly n detections are parsed and pasted per image.
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    latency_ms, detections = {}, {}
+    for n in PEOPLE:
+        crowd = SynthCrowd("val", num_images=1, image_size=profile.image_size, min_people=n, max_people=n, seed=0)
+        image = crowd[0]["image"].to(device)
+        model.roi_heads.detections_per_img = n
+        out = {}
+
+        def infer(image=image, out=out):
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+                out["pred"] = model([image])[0]
+
+        latency_ms[str(n)] = 1000 * _timed(infer, max(repeats, 5), device)  # cheap: a few more repeats
+        detections[str(n)] = int(len(out["pred"]["person_scores"]))
+
+    numbers = {
+        "train_images_per_s": batch / step_s,
+        "train_step_s": step_s,
+        "batch_size": batch,
+        "image_size": profile.image_size,
+        "latency_ms_by_people": latency_ms,
+        "detections_by_people": detections,
+        "latency_ms_per_extra_person": _slope(PEOPLE, [latency_ms[str(n)] for n in PEOPLE]),
+    }
+    note = ("untrained model; detections fixed to n per image so the parsing branch and paste process n people; "
+            f"device {device.type}" + ("" if device.type == "cuda" else " (no GPU used for this run)"))
+    write_result("bench/parsing_rcnn", numbers, profile=profile.name,
+                 config={"model": recipe["model"], "repeats": repeats, "amp": amp, "people": list(PEOPLE)},
+                 device=device, notes=note)
+    return numbers
+
+
+# Table 6 of the paper: each rung adds one component to the one before.
+LADDER: tuple[tuple[str, dict], ...] = (
+    ("baseline", dict(pss=False, roi_size=14, gce=False, ipbc=False)),
+    ("pss", dict(pss=True, roi_size=14, gce=False, ipbc=False)),
+    ("err", dict(pss=True, roi_size=32, gce=False, ipbc=False)),
+    ("gce", dict(pss=True, roi_size=32, gce=True, ipbc=False)),
+    ("ipbc", dict(pss=True, roi_size=32, gce=True, ipbc=True)),
+)
+
+
+def ladder(profile: Profile, device: torch.device | str | None = None, *, iterations: int | None = None,
+           rungs: tuple[str, ...] | None = None, out_root: str | Path = "runs/ladder", seed: int = 0) -> dict:
+    """Train and evaluate each rung of the Table 6 ladder on SynthCrowd with the profile's recipe.
+
+    Every rung uses the same data, seed, schedule and detector; only the Parsing R-CNN flags differ. Each rung's
+    metrics go to ``results/<profile>/parsing_rcnn/ladder_<k>_<rung>.json`` (with provenance).
+
+    Args:
+        profile: run sizes (image size, iterations, batch, widths of the recipe).
+        device: default CUDA when available.
+        iterations: override the profile's iterations (the results file records the value used).
+        rungs: subset of rung names (default: all five).
+        out_root: run folders (checkpoints, logs) go to ``out_root/<profile>/<rung>``; an interrupted ladder
+            resumes each rung from its checkpoint.
+        seed: seeds the model init, data order and augmentation.
+
+    Returns:
+        ``{rung: metrics}``.
+    """
+    device = get_device(device)
+    known = [name for name, _ in LADDER]
+    rungs = rungs or tuple(known)
+    unknown = set(rungs) - set(known)
+    if unknown:
+        raise ValueError(f"unknown ladder rungs {sorted(unknown)}; choose from {known}")
+    recipe = training_recipe(profile)
+    train_cfg = dict(recipe["train"])
+    if iterations is not None:
+        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], max(iterations // 10, 1)))
+    train_set = SynthCrowd("train", num_images=profile.train_images, image_size=profile.image_size, min_people=1,
+                           max_people=profile.max_people, seed=seed)
+    val_set = SynthCrowd("val", num_images=profile.val_images, image_size=profile.image_size, min_people=1,
+                         max_people=profile.max_people, seed=seed)
+    results = {}
+    for k, (name, flags) in enumerate(LADDER):
+        if name not in rungs:
+            continue
+        model_cfg = {**recipe["model"], **flags}
+        seed_everything(seed)
+        model = build_model("parsing_rcnn", num_classes=train_set.labels.num_classes, **model_cfg)
+        config = {"rung": name, "flags": flags, "model": {"name": "parsing_rcnn", **model_cfg}, "train": train_cfg,
+                  "dataset": "synth", "train_images": len(train_set), "val_images": len(val_set), "seed": seed}
+        notes = (f"Table 6 ladder rung {k} ({name}) on SynthCrowd, profile {profile.name}, device {device.type}"
+                 + ("" if device.type == "cuda" else " (CPU run: no GPU was used)"))
+        summary = train(model, train_set, eval_dataset=val_set, out_dir=Path(out_root) / profile.name / name,
+                        seed=seed, device=device, progress=False, config=config, **train_cfg)
+        metrics = {**(summary["metrics"] or {}), "train_images_per_s": summary["images_per_s"],
+                   "iterations": summary["step"]}
+        write_result(f"parsing_rcnn/ladder_{k}_{name}", metrics, profile=profile.name, config=config,
+                     wall_time_s=summary["wall_time_s"], device=device, notes=notes)
+        results[name] = metrics
+    return results
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ladder", action="store_true", help="train the Table 6 ladder (else: the speed benchmark)")
+    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--rungs", nargs="*", default=None, help=f"subset of {[n for n, _ in LADDER]}")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    if args.ladder:
+        for rung, metrics in ladder(profile, args.device, iterations=args.iterations,
+                                    rungs=tuple(args.rungs) if args.rungs else None).items():
+            print(rung, {k: round(metrics[k], 4) for k in ("mIoU", "APp50", "APpvol", "PCP50") if k in metrics})
+    else:
+        print(run(profile, get_device(args.device)))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,219 @@
+"""Parsing R-CNN (Yang et al., CVPR 2019): Faster R-CNN + FPN with a parsing branch, and its four components.
+
+Each component of the paper is one constructor flag, so each row of the ablation tables is one flag away:
+
+- **PSS**, proposals separation sampling (Sec. 3.1, Table 1): the box branch keeps the FPN scale assignment over
+  P2-P5, the parsing branch pools from the finest level P2 only (``pss=True``). ``pss=False`` pools the parsing
+  RoIs with the same FPN assignment as the box branch (the "baseline" row); ``pss="p2_only"`` makes both branches
+  pool from P2 (the "P2 only" row).
+- **ERR**, enlarging RoI resolution (Sec. 3.2, Table 2): parsing RoIAlign ``roi_size`` x ``roi_size`` (14 baseline,
+  32 with ERR, 64 also reported), and a parsing RoI batch decoupled from the detection sample: at most
+  ``parsing_batch`` (32, Sec. 4.1: "32 sampled RoIs for parsing branch") positives per image, drawn at random from
+  the box branch's 512-RoI sample. The official code samples 16 per image; we follow the paper.
+- **GCE**, geometric and context encoding (Sec. 3.3, Table 3): ``gce=True`` (ASPP + non-local), ``"aspp"``,
+  ``"nonlocal"``, or ``False`` for the baseline stack of eight 3x3 512-d convolutions.
+- **IPBC**, increasing parsing branch capacity (Sec. 3.4, Table 4): four 3x3 512-d convolutions after the GCE
+  (``ipbc=True`` / ``"after"``), ``"before"``, ``"both"``, or ``False``.
+
+All flags off (``pss=False, roi_size=14, gce=False, ipbc=False``) is the paper's baseline parsing branch: eight
+convolutions, a deconvolution, x2 bilinear upsampling, per-pixel softmax, 56x56 output.
+
+Training (Sec. 4.2): per-pixel softmax cross-entropy on the positive RoIs (ignore 255), weight 2.0 (official code).
+Targets: the matched person's part map cropped and nearest-resized on the device (:mod:`hparse.models.targets`).
+Horizontal-flip augmentation belongs to the dataset transform (:class:`hparse.data.transforms.RandomHorizontalFlip`
+swaps left/right parts); :func:`hparse.engine.train` applies it.
+
+Inference (official code): detections with score >= 0.05 after NMS 0.5, at most 100 per image; a person's score is
+its box score; per-RoI softmax probabilities are pasted into the original image (box expanded by (M+2)/M, one-cell
+padding) and arg-maxed; the semantic map paints persons with score >= 0.3 in ascending score order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import MultiScaleRoIAlign
+
+from .backbone import FPN_LEVELS, build_resnet_fpn
+from .detector import BranchRoIs, TopDownParser
+from .heads.parsing_head import GCE_VARIANTS, IPBC_VARIANTS, ParsingHead, ParsingPredictor
+from .inference import empty_prediction, paint_semantic, paste_part_probs
+from .targets import parsing_loss, parsing_targets
+
+__all__ = ["ParsingRCNN", "PSS_VARIANTS"]
+
+PSS_VARIANTS = (True, False, "p2_only")
+
+
+class ParsingRCNN(TopDownParser):
+    """Parsing R-CNN; see the module docstring for the flags and where each comes from.
+
+    Args:
+        num_classes: part labels including background (CIHP 20, MHP v2 59, PASCAL-Person-Part 7).
+        backbone: ResNet depth name (``"resnet18"``, ``"resnet50"``, ``"resnet101"``, ...).
+        backbone_weights: ``None`` (offline, random init) or torchvision weights such as ``"DEFAULT"``.
+        backbone_norm: ``"bn"``, ``"frozen_bn"`` or ``"gn"`` (default depends on the weights, see backbone.py).
+        trainable_layers: ResNet stages trained (default 3 pretrained, 5 from scratch).
+        pss: ``True``, ``False`` or ``"p2_only"`` (Sec. 3.1).
+        roi_size: parsing RoIAlign side (Sec. 3.2); the output side is ``4 * roi_size``.
+        gce: ``True``, ``"aspp"``, ``"nonlocal"`` or ``False`` (Sec. 3.3).
+        ipbc: ``True``/``"after"``, ``"before"``, ``"both"`` or ``False`` (Sec. 3.4).
+        parsing_batch: parsing RoIs per image in training (Sec. 3.2 / 4.1); ``None`` uses every positive RoI.
+        loss_weight: weight of the parsing loss (official code: 2.0).
+        semantic_score_thresh: persons painted into the semantic map (official code: 0.3).
+        head_channels: width of the baseline / IPBC convolutions (paper: 512). Narrower heads are for quick CPU
+            runs and tests only; the paper's widths are the defaults.
+        gce_channels: width of the GCE convolutions (paper: 256).
+        **detector: :class:`~hparse.models.detector.TopDownParser` settings (sizes, anchors, RPN, box branch).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = None,
+        backbone_norm: str | None = None,
+        trainable_layers: int | None = None,
+        pss: bool | str = True,
+        roi_size: int = 32,
+        gce: bool | str = True,
+        ipbc: bool | str = True,
+        parsing_batch: int | None = 32,
+        loss_weight: float = 2.0,
+        semantic_score_thresh: float = 0.3,
+        head_channels: int = 512,
+        gce_channels: int = 256,
+        **detector,
+    ):
+        if pss not in PSS_VARIANTS:
+            raise ValueError(f"pss must be one of {PSS_VARIANTS}, got {pss!r}")
+        if gce not in GCE_VARIANTS:
+            raise ValueError(f"gce must be one of {list(GCE_VARIANTS)}, got {gce!r}")
+        if ipbc not in IPBC_VARIANTS:
+            raise ValueError(f"ipbc must be one of {list(IPBC_VARIANTS)}, got {ipbc!r}")
+        if not (isinstance(roi_size, int) and roi_size >= 2):
+            raise ValueError(f"roi_size must be an int >= 2 (14 baseline, 32 ERR), got {roi_size!r}")
+        if parsing_batch is not None and parsing_batch < 1:
+            raise ValueError(f"parsing_batch must be >= 1 or None, got {parsing_batch}")
+        if "box_featmaps" in detector:
+            raise ValueError("ParsingRCNN sets box_featmaps from pss; use pss='p2_only' to pool boxes from P2")
+        body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers)
+        box_featmaps = ("0",) if pss == "p2_only" else FPN_LEVELS
+        super().__init__(body, num_classes, box_featmaps=box_featmaps, branch_batch_per_image=parsing_batch,
+                         **detector)
+        self.pss, self.roi_size, self.gce, self.ipbc = pss, roi_size, gce, ipbc
+        self.loss_weight = loss_weight
+        self.semantic_score_thresh = semantic_score_thresh
+        # PSS: the parsing branch pools from P2 only (a single-level MultiScaleRoIAlign = RoIAlign at stride 4);
+        # without PSS it assigns each RoI to a level by its scale, exactly like the box branch.
+        parsing_levels = ["0"] if pss else list(FPN_LEVELS)
+        self.parsing_roi_pool = MultiScaleRoIAlign(parsing_levels, output_size=roi_size, sampling_ratio=2,
+                                                   canonical_scale=self.canonical_scale)
+        self.parsing_head = ParsingHead(body.out_channels, gce=gce, ipbc=ipbc, gce_channels=gce_channels,
+                                        conv_channels=head_channels)
+        self.parsing_predictor = ParsingPredictor(self.parsing_head.out_channels, num_classes)
+
+    @property
+    def output_size(self) -> int:
+        """Side of the parsing logits: deconvolution x2 then bilinear x2 of the RoI side."""
+        return 4 * self.roi_size
+
+    def parsing_logits(self, features: OrderedDict, boxes: list[torch.Tensor],
+                       image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """(sum R_i, num_classes, 4S, 4S) part logits of the RoIs ``boxes`` (resized-image pixels, per image)."""
+        pooled = self.parsing_roi_pool(features, boxes, image_sizes)  # (R, 256, S, S)
+        return self.parsing_predictor(self.parsing_head(pooled))
+
+    def branch_losses(self, features, rois: BranchRoIs, image_sizes, targets):
+        logits = self.parsing_logits(features, rois.boxes, image_sizes)
+        device = logits.device
+        target = parsing_targets(
+            [t["semantic"].to(device) for t in targets], [t["instances"].to(device) for t in targets],
+            rois.original_boxes(), rois.person_ids, self.output_size,
+        )
+        return {"loss_parsing": parsing_loss(logits, target, self.loss_weight)}
+
+    @torch.no_grad()
+    def branch_predict(self, features, detections, image_sizes, original_sizes):
+        boxes = [d["boxes"] for d in detections]
+        device = features["0"].device
+        if sum(len(b) for b in boxes) == 0:
+            return [empty_prediction(size, device=device) for size in original_sizes]
+        logits = self.parsing_logits(features, boxes, image_sizes)
+        with torch.autocast(device.type, enabled=False):  # paste and argmax in float32 under mixed precision
+            probs = F.softmax(logits.float(), dim=1).split([len(b) for b in boxes])
+            return [self.paste(det, p, size, original)
+                    for det, p, size, original in zip(detections, probs, image_sizes, original_sizes)]
+
+    def paste(self, detection: dict, probs: torch.Tensor, image_size: tuple[int, int],
+              original_size: tuple[int, int]) -> dict:
+        """One image's prediction-contract dict from its detections and their (N, C, M, M) part probabilities."""
+        person_boxes = self.to_original(detection["boxes"], image_size, original_size).float()
+        scores = detection["scores"].float()
+        person_parts = paste_part_probs(probs, person_boxes, original_size)
+        return {
+            "semantic": paint_semantic(person_parts, scores, self.semantic_score_thresh),
+            "person_parts": person_parts,
+            "person_scores": scores,
+            "person_boxes": person_boxes,
+        }
+
+
+# Scales for real datasets (short sides, test side, long-side cap). gpu: the official config (the paper: "randomly
+# sampled from [512, 864]", test 800); the smaller profiles shrink them so a run fits a laptop or CI.
+_REAL_SCALES = {
+    "gpu": ((512, 640, 704, 768, 800, 864), 800, 1333),
+    "cpu": ((320, 352, 384, 416), 384, 640),
+    "smoke": ((128,), 128, 256),
+}
+
+
+def training_recipe(profile, dataset: str = "synth") -> dict[str, dict]:
+    """Model and training settings of Parsing R-CNN at a profile's size (``hparse train``, ``hparse demo``).
+
+    The paper's flags (PSS, 32x32 ERR RoIs, GCE, IPBC) are on in every profile; what changes with the profile is
+    size. ``gpu`` uses the paper's widths (GCE 256-d, IPBC 512-d, 32 parsing RoIs and 512 box RoIs per image); the
+    ``cpu`` and ``smoke`` profiles narrow the parsing head and take fewer RoIs so that a run fits on a laptop or in
+    CI. SynthCrowd images are used at their own size, real datasets are rescaled (multi-scale training) to the
+    profile's scales; anchors and the FPN level assignment's canonical scale are scaled from the 800-pixel reference
+    to the image size, so that people land on the same pyramid levels as in the paper (which matters for PSS). The
+    schedule is the paper's shape (SGD, warm-up, x0.1 at 2/3 and 8/9 of the run) with the learning rate scaled
+    linearly from 0.02 at 16 images per step.
+
+    Args:
+        profile: a :class:`hparse.engine.Profile`.
+        dataset: ``"synth"`` or the name of a real dataset (``"cihp"``, ``"mhp"``, ...).
+
+    Returns:
+        ``{"model": build_model kwargs (without num_classes), "train": hparse.engine.train kwargs}``.
+    """
+    from .detector import scaled_anchor_sizes
+
+    if dataset == "synth":
+        size = profile.image_size
+        model = dict(train_sizes=None, test_size=None, max_size=None, anchor_sizes=scaled_anchor_sizes(size),
+                     canonical_scale=max(1, round(224 * size / 800)))
+    else:
+        train_sizes, test_size, max_size = _REAL_SCALES.get(profile.name, _REAL_SCALES["gpu"])
+        model = dict(train_sizes=train_sizes, test_size=test_size, max_size=max_size,
+                     anchor_sizes=scaled_anchor_sizes(test_size), canonical_scale=max(1, round(224 * test_size / 800)))
+    model.update(backbone=profile.backbone, pss=True, roi_size=32, gce=True, ipbc=True)
+    if profile.name == "gpu":
+        model.update(parsing_batch=32)
+    elif profile.name == "cpu":
+        model.update(parsing_batch=4, head_channels=64, gce_channels=64, box_batch_size_per_image=128,
+                     box_representation_size=256, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+                     rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+    else:
+        model.update(parsing_batch=2, head_channels=16, gce_channels=16, box_batch_size_per_image=32,
+                     box_representation_size=64, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=10)
+    iterations = profile.iterations
+    train = dict(iterations=iterations, batch_size=profile.batch_size, optimizer="sgd",
+                 lr=0.02 * profile.batch_size / 16, warmup=min(500, max(iterations // 10, 1)), schedule="step",
+                 clip_grad=10.0, eval_every=profile.eval_every, num_workers=profile.num_workers,
+                 checkpoint_every=max(profile.eval_every, 100))
+    return {"model": model, "train": train}
