@@ -15,6 +15,7 @@ from ..engine.profiles import Profile
 
 # name -> module implementing ``run(profile, device)``; modules are imported only when run.
 BENCHMARKS: dict[str, str] = {
+    "instance_crf": "hparse.benchmarks.instance_crf",
     "matching": "hparse.benchmarks.matching",
     "metrics": "hparse.benchmarks.metrics",
     "parsing_rcnn": "hparse.benchmarks.parsing_rcnn",
