@@ -286,8 +286,28 @@ def _train_dataset(args, profile, split: str, num: int):
         raise UserError(f"cannot read the {args.dataset} {split} split in {args.root}: {err}") from None
 
 
-def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False):
-    """Build the model, train it, evaluate it; returns (model, summary, recipe, eval_dataset)."""
+def _passive_cpu_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning, before torch loads its OpenMP runtime.
+
+    By default OpenMP worker threads busy-wait between parallel regions. On a machine whose cores are shared with
+    other work (a laptop, CI, a shared server) they then fight for the cores with the other processes and every small
+    operator waits for descheduled threads: a training step of the cpu demo measured 7-11 s with two spinning threads
+    against 0.8 s with ``OMP_WAIT_POLICY=PASSIVE`` (2 cores, load average ~4). The number of torch threads is left
+    at torch's default (all cores). A value the user already set wins; once torch is imported it is too late, so
+    this runs first in the training commands.
+    """
+    import os
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False, recipe=None):
+    """Build the model, train it, evaluate it; returns (model, summary, recipe, eval_dataset).
+
+    ``recipe`` (``{"model", "train"}``) replaces the profile's :func:`training_recipe` (``hparse demo`` passes
+    :func:`demo_recipe`'s); SynthCrowd is drawn at ``profile``'s sizes.
+    """
     import torch
 
     from .engine import get_device, train
@@ -295,7 +315,7 @@ def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False):
 
     if args.model != "parsing_rcnn":
         raise UserError(f"--model {args.model!r}: this command trains parsing_rcnn (other models: see the book)")
-    recipe = _model_config(args, profile)
+    recipe = _model_config(args, profile) if recipe is None else recipe
     model_cfg, train_cfg = recipe["model"], recipe["train"]
     train_set = _train_dataset(args, profile, "train", profile.train_images)
     val_set = _train_dataset(args, profile, "val", profile.val_images)
@@ -334,6 +354,7 @@ def _print_metrics(metrics: dict) -> None:
 
 def _cmd_train(args) -> int:
     """Train Parsing R-CNN with the profile's recipe; checkpoint, log and results file with provenance."""
+    _passive_cpu_threads()
     from .engine import get_profile
 
     profile = get_profile(args.profile)
@@ -347,11 +368,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-_DEMO_ITERATIONS = {"smoke": 4, "cpu": 300, "gpu": 3000}
-
-
 def _cmd_demo(args) -> int:
     """Train a small Parsing R-CNN on SynthCrowd, evaluate it, write its metrics and an overlay PNG."""
+    _passive_cpu_threads()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,18 +378,17 @@ def _cmd_demo(args) -> int:
     import torch
 
     from .engine import get_profile
+    from .models.parsing_rcnn import demo_recipe
     from .viz import overlay_person_parts, overlay_semantic, save_figure
 
     profile = get_profile(args.profile)
     args.dataset, args.root, args.model, args.batch_size, args.lr, args.workers = "synth", None, "parsing_rcnn", \
         None, None, None
-    for flag in _MODEL_FLAGS:
-        setattr(args, flag, None)
-    args.backbone_weights = None
+    recipe = demo_recipe(profile)  # the demo's sizes live there, in one place
+    data_profile = profile.override(**recipe.pop("data"))
     out_dir = args.out or Path("runs") / f"demo_{profile.name}"
-    iterations = args.iterations or _DEMO_ITERATIONS[profile.name]
-    model, summary, _, val_set = _train_run(args, profile, iterations=iterations, out_dir=out_dir,
-                                            result_name="parsing_rcnn/demo")
+    model, summary, _, val_set = _train_run(args, data_profile, iterations=args.iterations, out_dir=out_dir,
+                                            result_name="parsing_rcnn/demo", recipe=recipe)
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s)")
     _print_metrics(summary["metrics"] or {})
@@ -457,6 +475,7 @@ def _cmd_bench(args) -> int:
     """Run a benchmark and write its numbers to results/<profile>/bench/<name>.json."""
     import json
 
+    _passive_cpu_threads()
     from .benchmarks import BENCHMARKS, run_benchmark
     from .engine import get_device, get_profile
 
@@ -562,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small Parsing R-CNN on SynthCrowd, evaluate it, write an overlay")
     demo.add_argument("--iterations", type=int, default=None,
-                      help=f"optimiser steps (default per profile: {_DEMO_ITERATIONS})")
+                      help="optimiser steps (default: the profile's, see hparse.models.parsing_rcnn.demo_recipe)")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default: runs/demo_<profile>)")
     demo.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     demo.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -307,6 +308,18 @@ def test_cli_demo_train_and_evaluate_checkpoint(tmp_path, tmp_results, capsys):
     config = load_checkpoint(run)["model_config"]
     assert (config["pss"], config["roi_size"], config["gce"], config["ipbc"]) == (False, 14, False, False)
     assert (tmp_results / "smoke" / "test" / "baseline.json").exists()
+
+
+def test_training_commands_let_idle_openmp_threads_sleep():
+    """Before torch is imported, the training commands ask OpenMP for a passive wait policy unless the user set one."""
+    code = ("import os, sys; from hparse.cli import _passive_cpu_threads; assert 'torch' not in sys.modules; "
+            "_passive_cpu_threads(); print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -15,7 +15,7 @@ from hparse.models.backbone import build_resnet_fpn
 from hparse.models.detector import DetectionTransform, scaled_anchor_sizes
 from hparse.models.heads import ASPP, GCE, NonLocal2d, ParsingHead, ParsingPredictor
 from hparse.models.inference import expand_boxes, paint_semantic, paste_part_probs
-from hparse.models.parsing_rcnn import ParsingRCNN
+from hparse.models.parsing_rcnn import ParsingRCNN, demo_recipe, training_recipe
 from hparse.models.targets import parsing_loss, parsing_targets, sample_label_maps
 
 NUM_CLASSES = 20
@@ -374,6 +374,46 @@ def test_backbone_depths(depth, channels):
     assert list(features) == ["0", "1", "2", "3", "pool"]
     assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 2, 1]
     assert isinstance(body.body.bn1, torch.nn.BatchNorm2d)  # from scratch: trainable BN
+
+
+def test_narrow_fpn_keeps_body_and_levels():
+    """fpn_channels narrows every pyramid level (and so the RPN and RoI heads on top); the ResNet body is unchanged."""
+    body = build_resnet_fpn("resnet18", fpn_channels=32)
+    assert body.out_channels == 32 and body.fpn.inner_blocks[0][0].in_channels == 64
+    assert [b[0].in_channels for b in body.fpn.inner_blocks] == [64, 128, 256, 512]
+    features = body(torch.rand(1, 3, 64, 64))
+    assert list(features) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(f.shape[1:]) for f in features.values()] == [(32, 16, 16), (32, 8, 8), (32, 4, 4), (32, 2, 2),
+                                                              (32, 1, 1)]
+    with pytest.raises(ValueError, match="fpn_channels"):
+        build_resnet_fpn("resnet18", fpn_channels=0)
+    model = tiny_model(fpn_channels=32)
+    assert model.backbone.out_channels == 32 and model.rpn.head.conv[0][0].in_channels == 32
+    assert model.build_config["fpn_channels"] == 32
+    _train_and_eval(model)
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
+def test_demo_recipe_keeps_the_paper_flags_and_only_shrinks(name):
+    from hparse.engine import get_profile
+
+    profile = get_profile(name)
+    demo, full = demo_recipe(profile), training_recipe(profile)
+    model, train, data = demo["model"], demo["train"], demo["data"]
+    assert (model["pss"], model["roi_size"], model["gce"], model["ipbc"]) == (True, 32, True, True)
+    assert set(data) == {"image_size", "max_people", "train_images", "val_images"}
+    assert data["image_size"] <= profile.image_size and train["eval_every"] == 0
+    assert train["warmup"] <= max(train["iterations"] // 10, 1)
+    for key in ("head_channels", "gce_channels", "box_batch_size_per_image", "box_representation_size"):
+        assert model.get(key, 1 << 20) <= full["model"].get(key, 1 << 20), key
+    # Anchors and the FPN level assignment follow the demo's image size, as training_recipe does for any size.
+    assert model["anchor_sizes"] == scaled_anchor_sizes(data["image_size"])
+    assert model["canonical_scale"] == max(1, round(224 * data["image_size"] / 800))
+    if name == "smoke":
+        assert train["iterations"] == 4 and model == full["model"]
+    if name == "cpu":
+        assert model["fpn_channels"] < 256 and train["optimizer"] == "adamw"
+        assert data["image_size"] < profile.image_size and model["fpn_channels"] >= 16
 
 
 def test_backbone_weights_failure_is_explained(monkeypatch):

@@ -17,6 +17,7 @@ at a profile's size and writes one results file per rung (``results/<profile>/pa
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..engine.profiles import Profile, get_device, get_profile, seed_everything
 from ..engine.results import write_result
 from ..engine.trainer import build_optimizer, train
 from ..models import build_model
-from ..models.parsing_rcnn import training_recipe
+from ..models.parsing_rcnn import demo_recipe, training_recipe
 
 __all__ = ["run", "ladder", "LADDER", "PEOPLE"]
 
@@ -88,7 +89,9 @@ def run(profile: Profile, device: torch.device) -> dict:
         sum(losses.values()).backward()
         optimizer.step()
 
+    load_before = os.getloadavg()[0]
     step_s = _timed(step, repeats, device)
+    demo_step_s = _demo_step_s(profile, device, repeats)
 
     # Inference latency vs people: exactly n detections are parsed and pasted per image.
     model.eval()
@@ -115,13 +118,39 @@ def run(profile: Profile, device: torch.device) -> dict:
         "latency_ms_by_people": latency_ms,
         "detections_by_people": detections,
         "latency_ms_per_extra_person": _slope(PEOPLE, [latency_ms[str(n)] for n in PEOPLE]),
+        "demo_train_step_s": demo_step_s,
+        "load_average": [load_before, os.getloadavg()[0]],
     }
     note = ("untrained model; detections fixed to n per image so the parsing branch and paste process n people; "
-            f"device {device.type}" + ("" if device.type == "cuda" else " (no GPU used for this run)"))
+            f"device {device.type}" + ("" if device.type == "cuda" else " (no GPU used for this run)")
+            + "; load_average: 1-minute load before and after the run (the machine may be shared)")
     write_result("bench/parsing_rcnn", numbers, profile=profile.name,
-                 config={"model": recipe["model"], "repeats": repeats, "amp": amp, "people": list(PEOPLE)},
+                 config={"model": recipe["model"], "repeats": repeats, "amp": amp, "people": list(PEOPLE),
+                         "torch_threads": torch.get_num_threads(),
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default: active)")},
                  device=device, notes=note)
     return numbers
+
+
+def _demo_step_s(profile: Profile, device: torch.device, repeats: int) -> float:
+    """Seconds of one training step of ``hparse demo``'s model (:func:`demo_recipe`) on a SynthCrowd batch."""
+    recipe = demo_recipe(profile)
+    data, train_cfg = recipe["data"], recipe["train"]
+    model = build_model("parsing_rcnn", num_classes=20, **recipe["model"]).to(device)
+    crowd = SynthCrowd("train", num_images=train_cfg["batch_size"], image_size=data["image_size"], min_people=1,
+                       max_people=data["max_people"], seed=0)
+    images, targets = collate_detection([crowd[i] for i in range(len(crowd))])
+    images, targets = [i.to(device) for i in images], targets_to(targets, device)
+    optimizer = build_optimizer(model, train_cfg["optimizer"], lr=1e-5)
+    model.train()
+
+    def step():
+        losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return _timed(step, repeats, device)
 
 
 # Table 6 of the paper: each rung adds one component to the one before.

@@ -21,7 +21,7 @@ from functools import partial
 import torch.nn as nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 __all__ = ["RESNET_DEPTHS", "build_resnet_fpn", "FPN_LEVELS", "FPN_STRIDES"]
 
@@ -46,8 +46,9 @@ def build_resnet_fpn(
     *,
     norm: str | None = None,
     trainable_layers: int | None = None,
+    fpn_channels: int = 256,
 ) -> BackboneWithFPN:
-    """ResNet of the given depth with an FPN (P2-P6, 256 channels).
+    """ResNet of the given depth with an FPN (P2-P6, 256 channels by default).
 
     Args:
         backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or ``"resnet152"`` (also accepted
@@ -76,8 +77,10 @@ def build_resnet_fpn(
         trainable_layers = 3 if pretrained else 5
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    if not (isinstance(fpn_channels, int) and fpn_channels >= 1):
+        raise ValueError(f"fpn_channels must be a positive int (256 in the paper), got {fpn_channels!r}")
     try:
-        return resnet_fpn_backbone(
+        body = resnet_fpn_backbone(
             backbone_name=name,
             weights=backbone_weights,
             norm_layer=_norm_layer(norm),
@@ -97,3 +100,10 @@ def build_resnet_fpn(
             "To run offline, build the model with backbone_weights=None (random init; hparse's default), or copy "
             "the weight file into that folder on a machine with a network first."
         ) from err
+    if fpn_channels != body.out_channels:
+        # torchvision fixes the pyramid at 256 channels; swap in the same FPN (no norm, P6 by max pooling) at the
+        # requested width. The ResNet body, its weights and its frozen stages are untouched.
+        in_channels = [block[0].in_channels for block in body.fpn.inner_blocks]
+        body.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        body.out_channels = fpn_channels
+    return body
