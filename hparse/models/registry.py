@@ -15,6 +15,7 @@ import torch.nn as nn
 __all__ = ["MODELS", "build_model", "model_names"]
 
 MODELS: dict[str, str] = {
+    "attention_rcnn": "attention_rcnn:AttentionRCNN",
     "parsing_rcnn": "parsing_rcnn:ParsingRCNN",
 }
 
