@@ -254,15 +254,33 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_config(args, profile) -> dict:
-    """The profile's recipe for the dataset with the command line's component flags on top."""
-    from .models.parsing_rcnn import training_recipe
+    """The profile's recipe for the model and dataset with the command line's component flags on top."""
+    if getattr(args, "model", "parsing_rcnn") == "attention_rcnn":
+        from .models.attention_rcnn import synth_recipe
 
-    recipe = training_recipe(profile, args.dataset)
+        given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
+                 and flag != "backbone"]
+        if given:
+            raise UserError(f"{', '.join(given)}: Parsing R-CNN component flags do not apply to attention_rcnn "
+                            f"(its component is --attention)")
+        if args.dataset != "synth":
+            raise UserError("attention_rcnn has a training recipe for SynthCrowd only (--dataset synth); for a real "
+                            "dataset build it with hparse.models.build_model and train with hparse.engine.train")
+        attention = None if args.attention == "none" else (args.attention or "concat_after_conv4")
+        recipe = synth_recipe(profile, attention)
+        if args.backbone is not None:
+            recipe["model"]["backbone"] = args.backbone
+    else:
+        from .models.parsing_rcnn import training_recipe
+
+        if getattr(args, "attention", None) is not None:
+            raise UserError("--attention applies to --model attention_rcnn only")
+        recipe = training_recipe(profile, args.dataset)
+        for flag in _MODEL_FLAGS:
+            value = getattr(args, flag, None)
+            if value is not None:
+                recipe["model"][flag] = _SWITCH.get(value, value) if isinstance(value, str) else value
     model = recipe["model"]
-    for flag in _MODEL_FLAGS:
-        value = getattr(args, flag, None)
-        if value is not None:
-            model[flag] = _SWITCH.get(value, value) if isinstance(value, str) else value
     if getattr(args, "backbone_weights", None):
         model["backbone_weights"] = args.backbone_weights
     return recipe
@@ -313,8 +331,6 @@ def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False, 
     from .engine import get_device, train
     from .models import build_model
 
-    if args.model != "parsing_rcnn":
-        raise UserError(f"--model {args.model!r}: this command trains parsing_rcnn (other models: see the book)")
     recipe = _model_config(args, profile) if recipe is None else recipe
     model_cfg, train_cfg = recipe["model"], recipe["train"]
     train_set = _train_dataset(args, profile, "train", profile.train_images)
@@ -330,15 +346,15 @@ def _train_run(args, profile, *, iterations, out_dir, result_name, quiet=False, 
     device = get_device(args.device)
     torch.manual_seed(args.seed)
     try:
-        model = build_model("parsing_rcnn", num_classes=train_set.labels.num_classes, **model_cfg)
+        model = build_model(args.model, num_classes=train_set.labels.num_classes, **model_cfg)
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from None
-    config = {"model": {"name": "parsing_rcnn", **model_cfg}, "train": train_cfg, "dataset": args.dataset,
+    config = {"model": {"name": args.model, **model_cfg}, "train": train_cfg, "dataset": args.dataset,
               "train_images": len(train_set), "val_images": len(val_set), "seed": args.seed}
     if args.dataset == "synth":
         config.update(image_size=profile.image_size, max_people=profile.max_people)
     if not quiet:
-        print(f"training parsing_rcnn on {args.dataset} ({len(train_set)} train / {len(val_set)} val images, "
+        print(f"training {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images, "
               f"profile {profile.name}, {device}) -> {out_dir}")
     summary = train(model, train_set, eval_dataset=val_set, out_dir=out_dir, resume=not args.no_resume,
                     seed=args.seed, device=device, result_name=result_name, profile=profile.name, config=config,
@@ -353,13 +369,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_train(args) -> int:
-    """Train Parsing R-CNN with the profile's recipe; checkpoint, log and results file with provenance."""
+    """Train a top-down model with the profile's recipe; checkpoint, log and results file with provenance."""
     _passive_cpu_threads()
     from .engine import get_profile
 
     profile = get_profile(args.profile)
-    out_dir = args.out or Path("runs") / f"parsing_rcnn_{args.dataset}_{profile.name}"
-    name = args.result_name or f"parsing_rcnn/train_{args.dataset}"
+    out_dir = args.out or Path("runs") / f"{args.model}_{args.dataset}_{profile.name}"
+    name = args.result_name or f"{args.model}/train_{args.dataset}"
     _, summary, _, _ = _train_run(args, profile, iterations=args.iterations, out_dir=out_dir, result_name=name)
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s); checkpoint {summary['checkpoint']}")
@@ -558,8 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(model_mode)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    train = sub.add_parser("train", help="train Parsing R-CNN (checkpoints, log, results file with provenance)")
-    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn",))
+    train = sub.add_parser("train", help="train Parsing R-CNN or the RoI attention framework (checkpoints, log, "
+                           "results file with provenance)")
+    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn", "attention_rcnn"))
+    train.add_argument("--attention", default=None,
+                       choices=("concat_after_conv4", "concat_after_conv4_trans", "dot_after_conv3_sum",
+                                "dot_after_conv4_sum", "none"),
+                       help="attention_rcnn's fusion variant, BMVC 2019 Table 5 (none: w/o attention; default: "
+                       "concat_after_conv4)")
     train.add_argument("--dataset", default="synth", choices=("synth", "cihp", "mhp", "ppp"),
                        help="synth (SynthCrowd at the profile's size) or a real dataset read from --root")
     train.add_argument("--root", type=Path, default=None, help="real dataset root (see data_scripts/README.md)")
@@ -567,14 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
     train.add_argument("--lr", type=float, default=None, help="base learning rate (default: 0.02 x batch / 16)")
     train.add_argument("--workers", type=int, default=None, help="data loader processes")
-    train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/parsing_rcnn_<dataset>_"
+    train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<model>_<dataset>_"
                        "<profile>)")
     train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a "
                        "checkpoint")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--result-name", default=None,
-                       help="results/<profile>/<name>.json (default: parsing_rcnn/train_<dataset>)")
+                       help="results/<profile>/<name>.json (default: <model>/train_<dataset>)")
     _add_model_options(train)
     _add_profile(train)
     train.set_defaults(func=_cmd_train)
