@@ -251,22 +251,17 @@ def show_case(index, name, axes):
 try:
     import ipywidgets as widgets
 
-    out = widgets.Output()
+    from hparse.viz.widgets import figure_explorer
+
     choose = widgets.Dropdown(options=list(corrupted), value="swap two people", description="mistake")
     pick = widgets.IntSlider(value=0, min=0, max=len(samples) - 1, description="image", continuous_update=False)
 
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
-            show_case(pick.value, choose.value, axes)
-            fig.tight_layout()
-            plt.show()
+    def draw_case(fig, index, name):
+        axes = fig.subplots(1, 2)
+        show_case(index, name, axes)
+        fig.tight_layout()
 
-    choose.observe(redraw, names="value")
-    pick.observe(redraw, names="value")
-    redraw()
-    explorer = widgets.VBox([widgets.HBox([choose, pick]), out])
+    explorer = figure_explorer(draw_case, {"index": pick, "name": choose}, figsize=(6, 3.2))
 except ImportError:  # the static figure below carries the chapter without widgets
     explorer = None
 explorer

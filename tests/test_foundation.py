@@ -202,3 +202,22 @@ def test_cli_bench_rejects_unknown_names(capsys):
 
     assert main(["bench", "no-such-benchmark", "--profile", "smoke"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_explorers_draw_into_an_image_widget_without_output_capture():
+    pytest.importorskip("ipywidgets")
+    from hparse.viz import slider_explorer
+    from hparse.viz.widgets import figure_explorer
+
+    drawn = []
+    box = slider_explorer(lambda i, ax: (drawn.append(i), ax.plot([0, i])), 3, start=1)
+    slider, image = box.children[0].children[0], box.children[1]
+    assert drawn == [1] and image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    slider.value = 2
+    assert drawn == [1, 2]
+    import ipywidgets as widgets
+
+    calls = []
+    figure_explorer(lambda fig, a, b: calls.append((a, b)), {"a": widgets.IntSlider(value=1),
+                                                           "b": widgets.Dropdown(options=["x", "y"], value="x")})
+    assert calls == [(1, "x")]
