@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from ..targets import sample_label_maps
+from .gce import init_conv
 
 __all__ = [
     "ATTENTION_VARIANTS",
@@ -117,15 +118,6 @@ def _groups(channels: int, groups: int) -> int:
     return math.gcd(channels, groups)
 
 
-def _init(module: nn.Module) -> None:
-    """He initialisation (fan-out, ReLU) of every convolution, zero biases: Mask R-CNN's heads."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 # ------------------------------------------------------------------------------------------------ RoI pooling
 
 
@@ -192,7 +184,7 @@ class UpsamplePredictor(nn.Module):
         super().__init__()
         self.upsample = nn.ConvTranspose2d(in_channels, channels, 2, stride=2)
         self.logits = nn.Conv2d(channels, out_channels, 1)
-        _init(self)
+        init_conv(self)
         nn.init.normal_(self.logits.weight, std=channels ** -0.5 if logits_std is None else logits_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +209,7 @@ class AttentionHead(nn.Module):
         for i in range(depth):
             layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        _init(self.convs)
+        init_conv(self.convs)
         # The attention convolutions are unnormalised, so their features can be large: a small initial logit keeps
         # the first foreground probabilities near 0.5 (BCE near log 2) instead of confidently wrong.
         self.predictor = UpsamplePredictor(channels if depth else in_channels, channels, 1, logits_std=0.01)
@@ -254,7 +246,7 @@ class AttentionFusion(nn.Module):
             norm = nn.GroupNorm(_groups(channels, gn_groups), channels) if gn_groups else nn.Identity()
             self.transition = nn.Sequential(nn.Conv2d(channels + 1, channels, 1, bias=gn_groups is None), norm,
                                             nn.ReLU(inplace=True))
-            _init(self.transition)
+            init_conv(self.transition)
             self.out_channels = channels
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -305,7 +297,7 @@ class AttentionParsingHead(nn.Module):
             if fusion is not None and fusion.after == i:
                 self.fusion = AttentionFusion(fusion, channels, gn_groups if group_norm else None)
                 width = self.fusion.out_channels
-        _init(self.convs)
+        init_conv(self.convs)
         self.out_channels = width
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 __all__ = ["ASPP", "NonLocal2d", "GCE"]
 
 
-def _init_conv(module: nn.Module) -> None:
+def init_conv(module: nn.Module) -> None:
+    """He initialisation (fan-out, ReLU) of every convolution, zero biases: Mask R-CNN's heads."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -59,7 +60,7 @@ class ASPP(nn.Module):
                                         nn.ReLU(inplace=True))
         self.project = nn.Sequential(nn.Conv2d(channels * (len(rates) + 2), channels, 1), nn.ReLU(inplace=True))
         self.out_channels = channels
-        _init_conv(self)
+        init_conv(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gce import GCE, _init_conv
+from .gce import GCE, init_conv
 
 __all__ = ["conv_stack", "ParsingHead", "ParsingPredictor", "GCE_VARIANTS", "IPBC_VARIANTS"]
 
@@ -38,7 +38,7 @@ def conv_stack(in_channels: int, channels: int, depth: int) -> nn.Sequential:
     for i in range(depth):
         layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
     stack = nn.Sequential(*layers)
-    _init_conv(stack)
+    init_conv(stack)
     return stack
 
 
