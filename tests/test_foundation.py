@@ -119,6 +119,23 @@ def test_hflip_swaps_left_right_labels_keypoints_and_is_an_involution():
         assert torch.equal(twice[key], sample[key]), key
 
 
+def test_hflip_refuses_keypoints_it_cannot_swap():
+    sample = make_sample()
+    sample["keypoints"] = sample["keypoints"][:, :5]  # 5 keypoints, but CIHP's skeleton is COCO-17
+    with pytest.raises(ValueError, match="5 keypoints per person.*defines 17"):
+        hflip_sample(sample, CIHP_LABELS)
+    sample["keypoints"] = sample["keypoints"][:, :0]  # datasets without keypoints flip fine
+    assert hflip_sample(sample, CIHP_LABELS)["keypoints"].shape[1] == 0
+
+
+def test_label_downscale_samples_block_centres():
+    sample = make_sample()
+    stripes = (torch.arange(30) % 3 == 1).long().expand(20, 30).clone()  # label 1 on the middle column of each 3
+    sample["semantic"] = stripes
+    out = resize_sample(sample, (20, 10))  # 3x down in x: each output pixel's centre is a middle column
+    assert (out["semantic"] == 1).all()
+
+
 def test_resize_uses_nearest_for_labels_and_scales_geometry():
     sample = make_sample()
     out = resize_sample(sample, (40, 60))
@@ -195,6 +212,16 @@ def test_overlays_colour_only_foreground():
     assert parts.shape == (20, 30, 3)
     fig = show_sample(sample, CIHP_LABELS)
     assert len(fig.axes) == 3
+
+
+def test_person_outline_does_not_wrap_around_the_image_border():
+    from hparse.viz.overlay import _mask_edge
+
+    mask = np.zeros((6, 8), bool)
+    mask[:, :3] = True  # touches the top, bottom and left borders
+    edge = _mask_edge(mask)
+    assert edge[:, 0].all() and edge[0, :3].all() and edge[-1, :3].all() and edge[:, 2].all()
+    assert not edge[1:-1, 1].any() and not edge[:, 3:].any()
 
 
 def test_cli_bench_rejects_unknown_names(capsys):

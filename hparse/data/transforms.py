@@ -49,7 +49,12 @@ class Compose:
 
 
 def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
-    """Resize to ``size = (H, W)``: bilinear for the image, nearest for ``semantic`` and ``instances``."""
+    """Resize to ``size = (H, W)``: bilinear for the image, nearest for ``semantic`` and ``instances``.
+
+    Label maps use ``nearest-exact`` (each output pixel takes the source pixel under its centre); legacy
+    ``nearest`` takes the top-left pixel of each source block, which shifts labels by up to (s - 1) / 2 pixels
+    against the antialiased image when downscaling by s.
+    """
     out = dict(sample)
     height, width = sample["image"].shape[-2:]
     new_h, new_w = size
@@ -58,7 +63,7 @@ def resize_sample(sample: Sample, size: tuple[int, int]) -> Sample:
     out["image"] = F.interpolate(sample["image"][None], size=size, mode="bilinear", align_corners=False,
                                  antialias=True)[0].clamp_(0, 1)
     for key in ("semantic", "instances"):
-        out[key] = F.interpolate(sample[key][None, None].float(), size=size, mode="nearest")[0, 0].long()
+        out[key] = F.interpolate(sample[key][None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     sx, sy = new_w / width, new_h / height
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
     out["boxes"] = sample["boxes"] * scale
@@ -114,8 +119,12 @@ def hflip_sample(sample: Sample, labels: LabelSet) -> Sample:
     kps = sample["keypoints"].clone()
     if kps.shape[1]:
         kps[..., 0] = torch.where(kps[..., 2] > 0, width - kps[..., 0], kps[..., 0])
-        if labels.keypoints is not None and kps.shape[1] == labels.keypoints.num_keypoints:
-            kps = kps[:, list(labels.keypoints.flip_permutation)]
+        if labels.keypoints is None or kps.shape[1] != labels.keypoints.num_keypoints:
+            expected = 0 if labels.keypoints is None else labels.keypoints.num_keypoints
+            raise ValueError(f"hflip of sample {sample['meta'].get('id', '?')!r}: it has {kps.shape[1]} keypoints per "
+                             f"person but label set {labels.name!r} defines {expected}, so left/right keypoints "
+                             "cannot be swapped")
+        kps = kps[:, list(labels.keypoints.flip_permutation)]
     out["keypoints"] = kps
     out["meta"] = {**sample["meta"], "hflip": not sample["meta"].get("hflip", False)}
     return out

@@ -75,9 +75,15 @@ def overlay_person_parts(image, person_parts, labels: LabelSet, alpha: float = 0
         out = _blend(out, labels.colorize(parts), parts > 0, alpha)
         if outline:
             mask = parts > 0
-            edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-            out[edge] = palette[k + 1]
+            out[_mask_edge(mask)] = palette[k + 1]
     return out
+
+
+def _mask_edge(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it; the image border counts as outside (no wrap-around)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
 
 
 def draw_boxes(ax, boxes, colours: np.ndarray | None = None, labels: Sequence[str] | None = None, linewidth=1.5):
