@@ -42,13 +42,14 @@ import numpy as np
 from .io import (
     DatasetError,
     ParsingDataset,
+    Problems,
     boxes_from_instances,
-    check_label_values,
     check_same_size,
     compact_ids,
     first_missing,
     list_dir,
     make_sample,
+    read_checked_label,
     read_id_list,
     read_image,
     read_label_png,
@@ -124,19 +125,19 @@ class CIHP(ParsingDataset):
                           f"listed in {self.split} but its {kind} file")
 
     # -- reading
-    def load(self, index: int, thorough: bool = False) -> dict:
+    def load(self, index: int, thorough: bool = False, problems: Problems | None = None) -> dict | None:
+        problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         image_path = self.image_path(image_id)
-        image = read_image(image_path)
-        hw = image.shape[:2]
+        image = problems.attempt(read_image, image_path)
+        hw = None if image is None else image.shape[:2]
         category_path, human_path = self.label_path("Category_ids", image_id), self.label_path("Human_ids", image_id)
-        category = read_label_png(category_path)
-        check_same_size(category, hw, category_path, image_path)
-        check_label_values(category, self.labels, category_path, "category")
-        human = read_label_png(human_path)
-        check_same_size(human, hw, human_path, image_path)
-        if thorough:
-            self._check_instance_ids(image_id, category, human, hw, image_path)
+        category = read_checked_label(category_path, hw, image_path, problems, self.labels, "category")
+        human = read_checked_label(human_path, hw, image_path, problems)
+        if thorough and category is not None and human is not None and category.shape == human.shape:
+            problems.attempt(self._check_instance_ids, image_id, category, human, image_path, hw is not None)
+        if problems:
+            return None
         instances, person_ids = compact_ids(human)
         boxes = boxes_from_instances(instances, len(person_ids))
         keypoints = np.zeros((len(person_ids), 0, 3), dtype=np.float32)
@@ -144,13 +145,19 @@ class CIHP(ParsingDataset):
                 "person_ids": person_ids.tolist()}
         return make_sample(image, category, instances, boxes, keypoints, meta)
 
-    def _check_instance_ids(self, image_id: str, category: np.ndarray, human: np.ndarray, hw: tuple[int, int],
-                            image_path: Path) -> None:
+    def _check_instance_ids(self, image_id: str, category: np.ndarray, human: np.ndarray, image_path: Path,
+                            image_read: bool = True) -> None:
         """``Instance_ids`` must equal ``20 * (h - 1) + c`` on part pixels of persons 1..12 and decode to the
-        same (category, human) wherever it is nonzero."""
+        same (category, human) wherever it is nonzero. ``image_read=False``: the image could not be read, so the
+        size is compared with ``Category_ids``'."""
         path = self.label_path("Instance_ids", image_id)
         instance = read_label_png(path)
-        check_same_size(instance, hw, path, image_path)
+        if image_read:
+            check_same_size(instance, category.shape, path, image_path)
+        elif instance.shape != category.shape:
+            (h, w), (ch, cw) = instance.shape, category.shape
+            raise DatasetError(path, f"size {w}x{h} differs from {self.label_path('Category_ids', image_id)} "
+                               f"({cw}x{ch})")
         expected = instance_part_ids(category, human)
         checked = (expected > 0) | (instance > 0)
         wrong = checked & (instance != expected)

@@ -48,6 +48,7 @@ from .io import (
     DatasetError,
     DatasetNotFoundError,
     ParsingDataset,
+    Problems,
     first_missing,
     list_dir,
     make_sample,
@@ -115,23 +116,28 @@ def decode_dp_masks(dp_masks: list, where: str, path: Path) -> np.ndarray:
     return grid
 
 
-def check_dp_points(ann: dict, where: str, path: Path) -> None:
+def check_dp_points(ann: dict, where: str, path: Path, problems: Problems | None = None) -> None:
     """The fine DensePose points of one annotation must agree: ``dp_x, dp_y, dp_I, dp_U, dp_V`` of equal length,
     ``dp_x, dp_y`` in the box frame [0, 256], ``dp_I`` a chart index 1..24, ``dp_U, dp_V`` in [0, 1]. The loader
-    does not use the points; ``hparse data verify`` checks them so that a UV-training user learns of damage early."""
+    does not use the points; ``hparse data verify`` checks them so that a UV-training user learns of damage early.
+    Raises :class:`DatasetError` on the first problem, or adds every one to a collecting ``problems``."""
+    problems = Problems() if problems is None else problems
     fields = ("dp_x", "dp_y", "dp_I", "dp_U", "dp_V")
     present = [f for f in fields if f in ann]
     if not present:
         return
     if len(present) != len(fields):
-        raise DatasetError(path, f"{where} has {present} but not {sorted(set(fields) - set(present))}")
+        problems.add(DatasetError(path, f"{where} has {present} but not {sorted(set(fields) - set(present))}"))
+        return
     try:
         points = {f: np.asarray(ann[f], dtype=np.float64).reshape(-1) for f in fields}
     except (TypeError, ValueError) as err:
-        raise DatasetError(path, f"{where}: DensePose points are not numeric lists ({err})") from None
+        problems.add(DatasetError(path, f"{where}: DensePose points are not numeric lists ({err})"))
+        return
     lengths = {f: len(v) for f, v in points.items()}
     if len(set(lengths.values())) != 1:
-        raise DatasetError(path, f"{where}: DensePose point lists differ in length: {lengths}")
+        problems.add(DatasetError(path, f"{where}: DensePose point lists differ in length: {lengths}"))
+        return
     bad = {
         "dp_x/dp_y outside [0, 256]": ((points["dp_x"] < 0) | (points["dp_x"] > DP_SIZE)
                                        | (points["dp_y"] < 0) | (points["dp_y"] > DP_SIZE)),
@@ -142,7 +148,7 @@ def check_dp_points(ann: dict, where: str, path: Path) -> None:
     }
     for what, mask in bad.items():
         if mask.any():
-            raise DatasetError(path, f"{where}: {int(mask.sum())} DensePose points have {what}")
+            problems.add(DatasetError(path, f"{where}: {int(mask.sum())} DensePose points have {what}"))
 
 
 def paste_dp_masks(grid: np.ndarray, bbox: list[float], hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
@@ -219,15 +225,23 @@ class DensePoseCOCO(ParsingDataset):
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / self.images[image_id]["file_name"]
 
-    def load(self, index: int, thorough: bool = False) -> dict:
+    def load(self, index: int, thorough: bool = False, problems: Problems | None = None) -> dict | None:
+        problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         entry, path = self.images[image_id], self.annotation_path
         image_path = self.image_path(image_id)
-        image = read_image(image_path)
-        height, width = hw = image.shape[:2]
-        if (entry.get("height"), entry.get("width")) != (height, width):
-            raise DatasetError(image_path, f"size {width}x{height} differs from the annotation's "
-                               f"{entry.get('width')}x{entry.get('height')} (image id {image_id} in {path})")
+        image = problems.attempt(read_image, image_path)
+        annotated_hw = (entry.get("height"), entry.get("width"))
+        if image is not None:
+            height, width = hw = image.shape[:2]
+            if annotated_hw != (height, width):
+                problems.add(DatasetError(image_path, f"size {width}x{height} differs from the annotation's "
+                                          f"{entry.get('width')}x{entry.get('height')} (image id {image_id} in "
+                                          f"{path})"))
+        elif all(isinstance(v, int) and v > 0 for v in annotated_hw):
+            height, width = hw = annotated_hw  # the persons can still be checked against the annotated size
+        else:
+            return None  # (only reached while collecting: the image problem is recorded)
         persons = [a for a in self.annotations[image_id] if a.get("dp_masks") is not None]
         skipped = len(self.annotations[image_id]) - len(persons)
         semantic = np.zeros(hw, dtype=np.int64)
@@ -237,34 +251,54 @@ class DensePoseCOCO(ParsingDataset):
         for k, ann in enumerate(persons, start=1):
             where = f"annotation {ann.get('id')} of image {image_id}"
             if ann.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY or ann.get("iscrowd", 0):
-                raise DatasetError(path, f"{where} has dp_masks but is not a single person (category "
-                                   f"{ann.get('category_id')}, iscrowd {ann.get('iscrowd')})")
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4) or bbox[2] <= 0 or bbox[3] <= 0:
-                raise DatasetError(path, f"{where} has bbox {bbox}; expected [x, y, w, h] with w, h > 0")
-            x, y, w, h = (float(v) for v in bbox)
-            boxes[k - 1] = (min(max(x, 0), width), min(max(y, 0), height),
-                            min(max(x + w, 0), width), min(max(y + h, 0), height))
-            if boxes[k - 1, 2] <= boxes[k - 1, 0] or boxes[k - 1, 3] <= boxes[k - 1, 1]:
-                raise DatasetError(path, f"{where}: bbox {bbox} lies outside the {width}x{height} image")
+                problems.add(DatasetError(path, f"{where} has dp_masks but is not a single person (category "
+                                          f"{ann.get('category_id')}, iscrowd {ann.get('iscrowd')})"))
+            box = problems.attempt(_person_box, ann.get("bbox"), hw, where, path)
+            if box is not None:
+                boxes[k - 1] = box
             if thorough:
-                check_dp_points(ann, where, path)
-            patch, (x1, y1) = paste_dp_masks(decode_dp_masks(ann["dp_masks"], where, path), bbox, hw)
-            region = (slice(y1, y1 + patch.shape[0]), slice(x1, x1 + patch.shape[1]))
-            on = patch > 0
-            semantic[region][on] = patch[on]  # later persons on top
-            instances[region][on] = k
-            kps = ann.get("keypoints")
-            if kps:
-                if len(kps) != 3 * COCO17.num_keypoints:
-                    raise DatasetError(path, f"{where} has {len(kps)} keypoint values; expected "
-                                       f"{3 * COCO17.num_keypoints} (17 x (x, y, v))")
-                keypoints[k - 1] = np.asarray(kps, dtype=np.float32).reshape(COCO17.num_keypoints, 3)
-                if not np.isin(keypoints[k - 1, :, 2], (0, 1, 2)).all():
-                    raise DatasetError(path, f"{where} has keypoint visibilities outside 0, 1, 2")
+                check_dp_points(ann, where, path, problems)
+            grid = problems.attempt(decode_dp_masks, ann["dp_masks"], where, path)
+            if grid is not None and box is not None:
+                patch, (x1, y1) = paste_dp_masks(grid, ann["bbox"], hw)
+                region = (slice(y1, y1 + patch.shape[0]), slice(x1, x1 + patch.shape[1]))
+                on = patch > 0
+                semantic[region][on] = patch[on]  # later persons on top
+                instances[region][on] = k
+            kps = problems.attempt(_person_keypoints, ann.get("keypoints"), where, path)
+            if kps is not None:
+                keypoints[k - 1] = kps
+        if problems:
+            return None
         meta = {"id": image_id, "dataset": "densepose_coco", "split": self.split, "image_path": str(image_path),
                 "annotation_ids": [a.get("id") for a in persons], "skipped_persons": skipped}
         return make_sample(image, semantic, instances, boxes, keypoints, meta)
+
+
+def _person_box(bbox, hw: tuple[int, int], where: str, path: Path) -> np.ndarray:
+    """An annotation's ``bbox`` (xywh) as an xyxy box clipped to the image; raises :class:`DatasetError`."""
+    height, width = hw
+    if not (isinstance(bbox, list) and len(bbox) == 4) or bbox[2] <= 0 or bbox[3] <= 0:
+        raise DatasetError(path, f"{where} has bbox {bbox}; expected [x, y, w, h] with w, h > 0")
+    x, y, w, h = (float(v) for v in bbox)
+    box = np.array([min(max(x, 0), width), min(max(y, 0), height),
+                    min(max(x + w, 0), width), min(max(y + h, 0), height)], dtype=np.float32)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise DatasetError(path, f"{where}: bbox {bbox} lies outside the {width}x{height} image")
+    return box
+
+
+def _person_keypoints(kps, where: str, path: Path) -> np.ndarray | None:
+    """An annotation's COCO-17 ``keypoints`` as (17, 3), or ``None`` when it has none; raises :class:`DatasetError`."""
+    if not kps:
+        return None
+    if len(kps) != 3 * COCO17.num_keypoints:
+        raise DatasetError(path, f"{where} has {len(kps)} keypoint values; expected {3 * COCO17.num_keypoints} "
+                           "(17 x (x, y, v))")
+    array = np.asarray(kps, dtype=np.float32).reshape(COCO17.num_keypoints, 3)
+    if not np.isin(array[:, 2], (0, 1, 2)).all():
+        raise DatasetError(path, f"{where} has keypoint visibilities outside 0, 1, 2")
+    return array
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -10,8 +10,11 @@ here, so the same problems produce the same messages everywhere:
 - label values outside the dataset's label set (255, the ignore value, is always allowed);
 - person ids that disagree between two files of one image.
 
-Each is a :class:`DatasetError` whose message starts with the offending file's path. ``hparse data verify``
-(:mod:`hparse.data.verify`) collects them over a whole split instead of stopping at the first.
+Each is a :class:`DatasetError` whose message starts with the offending file's path. A loader sends the problems
+it finds in one image to a :class:`Problems`: by default that raises the first at once (``dataset[i]`` stops with a
+message naming the file), while :meth:`ParsingDataset.check` passes a collecting one, so the loader goes on checking
+the image's other files and every problem of the image is listed. ``hparse data verify`` (:mod:`hparse.data.verify`)
+does that over a whole split.
 
 The writers (``write_cihp``, ``write_mhp``, ...) share :func:`write_image`, :func:`write_label_png` and
 :func:`safe_stem`; :func:`synth_segments` and :func:`relabel_by_segment` turn SynthCrowd's CIHP labels into the
@@ -46,6 +49,7 @@ from .labels import LabelSet
 __all__ = [
     "DatasetError",
     "DatasetNotFoundError",
+    "Problems",
     "ParsingDataset",
     "read_image",
     "read_label_png",
@@ -54,6 +58,7 @@ __all__ = [
     "list_dir",
     "check_same_size",
     "check_label_values",
+    "read_checked_label",
     "boxes_from_instances",
     "compact_ids",
     "make_sample",
@@ -77,6 +82,47 @@ class DatasetError(ValueError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset root, a split folder or a list file does not exist."""
+
+
+class Problems:
+    """Where a loader sends the problems it finds in one image.
+
+    ``Problems()`` raises each :class:`DatasetError` as soon as it is added, so loading stops at the first problem
+    with a message naming the file (what ``dataset[i]`` does). ``Problems(collect=True)`` keeps them in ``errors``
+    instead, and the loader carries on with the image's remaining checks, skipping only those that need what could
+    not be read (what :meth:`ParsingDataset.check` and ``hparse data verify`` do).
+    """
+
+    def __init__(self, collect: bool = False):
+        self.collect = collect
+        self.errors: list[DatasetError] = []
+
+    def add(self, error: DatasetError) -> None:
+        """Record ``error``; raise it at once unless collecting (without the exception being handled, if any, as
+        its context: the message already says what went wrong)."""
+        if not self.collect:
+            raise error from None
+        self.errors.append(error)
+
+    def attempt(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)``; a :class:`DatasetError` it raises is added (so, unless collecting, raised) and
+        the result is then ``None``."""
+        if not self.collect:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except DatasetError as err:
+            self.errors.append(err)
+            return None
+
+    def messages(self) -> list[str]:
+        return [str(err) for err in self.errors]
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -175,6 +221,26 @@ def check_label_values(label: np.ndarray, labels: LabelSet, path: Path, what: st
         listed = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:8].tolist(), counts[:8].tolist()))
         raise DatasetError(path, f"{what} values {listed} are outside the {labels.name} label set "
                            f"(0..{labels.num_classes - 1}, and 255 for ignore)")
+
+
+def read_checked_label(path: Path, image_hw: tuple[int, int] | None, image_path: Path, problems: Problems,
+                       labels: LabelSet | None = None, what: str = "label", channel: int | None = None
+                       ) -> np.ndarray | None:
+    """Read a label PNG and check it against its image: the size (when the image could be read) and, with
+    ``labels``, the values. Each problem goes to ``problems``, in that order.
+
+    Returns the (H, W) map, or ``None`` when it could not be read or its size differs from the image's (its values
+    are still checked then, so a collecting ``problems`` gets both).
+    """
+    label = problems.attempt(read_label_png, path, channel)
+    if label is None:
+        return None
+    size_ok = image_hw is None or tuple(label.shape[:2]) == tuple(image_hw)
+    if not size_ok:
+        problems.attempt(check_same_size, label, image_hw, path, image_path)
+    if labels is not None:
+        problems.attempt(check_label_values, label, labels, path, what)
+    return label if size_ok else None
 
 
 # ------------------------------------------------------------------------------------------ derived fields
@@ -306,8 +372,9 @@ def relabel_by_segment(sample: dict, segments: np.ndarray, segment_to_label: dic
 class ParsingDataset(torch.utils.data.Dataset, ABC):
     """Common behaviour of the real-dataset loaders: indexing, the optional transform, and per-item checks.
 
-    Subclasses set ``name``, ``labels``, ``root``, ``split`` and ``ids`` and implement ``load(index, thorough)``,
-    which returns a data-contract sample or raises :class:`DatasetError`. ``thorough=True`` adds the checks that
+    Subclasses set ``name``, ``labels``, ``root``, ``split`` and ``ids`` and implement
+    ``load(index, thorough, problems)``, which returns a data-contract sample and sends every problem it finds to
+    ``problems`` (a :class:`Problems`; by default one that raises the first). ``thorough=True`` adds the checks that
     cost an extra file read (for instance CIHP's ``Instance_ids``); ``hparse data verify`` uses it.
     """
 
@@ -328,18 +395,26 @@ class ParsingDataset(torch.utils.data.Dataset, ABC):
         return self.transform(sample) if self.transform is not None else sample
 
     @abstractmethod
-    def load(self, index: int, thorough: bool = False) -> dict:
-        """Image ``index`` as a data-contract sample (no transform); raises :class:`DatasetError` naming the file."""
+    def load(self, index: int, thorough: bool = False, problems: Problems | None = None) -> dict | None:
+        """Image ``index`` as a data-contract sample (no transform).
+
+        With ``problems=None`` the first problem raises a :class:`DatasetError` naming the file. With a collecting
+        :class:`Problems`, every problem found is added to it, the checks go on with the image's other files, and
+        the result is ``None`` when any was found.
+        """
 
     def check(self, index: int) -> list[str]:
         """Every problem found in image ``index`` (an empty list when it loads and passes the data contract)."""
         where = f"{self.name} {self.split} image {self.ids[index]!r}"
+        problems = Problems(collect=True)
         try:
-            sample = self.load(index, thorough=True)
+            sample = self.load(index, thorough=True, problems=problems)
         except DatasetError as err:
-            return [str(err)]
+            return problems.messages() + [str(err)]
         except Exception as err:  # a damaged file can fail in ways no check foresaw; report it, keep scanning
-            return [f"{where}: unexpected {type(err).__name__} while loading: {err}"]
+            return problems.messages() + [f"{where}: unexpected {type(err).__name__} while loading: {err}"]
+        if problems or sample is None:
+            return problems.messages() or [f"{where}: could not be loaded"]
         try:
             validate_sample(sample, self.labels, where=where)
         except ContractError as err:

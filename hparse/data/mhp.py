@@ -47,15 +47,14 @@ from PIL import Image
 from .io import (
     DatasetError,
     ParsingDataset,
+    Problems,
     boxes_from_instances,
-    check_label_values,
-    check_same_size,
     first_missing,
     list_dir,
     make_sample,
+    read_checked_label,
     read_id_list,
     read_image,
-    read_label_png,
     require_dir,
     safe_stem,
     write_image,
@@ -168,41 +167,55 @@ def parse_parsing_name(name: str) -> tuple[str, int, int] | None:
     return match["id"], int(match["nn"]), int(match["kk"])
 
 
-def read_mhp_pose(path: str | os.PathLike, num_persons: int) -> np.ndarray:
+def read_mhp_pose(path: str | os.PathLike, num_persons: int | None, problems: Problems | None = None
+                  ) -> np.ndarray | None:
     """Read an MHP v2.0 pose ``.mat``: (num_persons, 16, 3) keypoints with contract visibility.
 
     Raises :class:`DatasetError` naming the file if it is missing or unreadable, if its ``person_*`` keys are not
     exactly ``person_0..person_{num_persons-1}``, if an array is not 20 x 3 (16 joints at least), or if a flag is
-    not 0, 1 or 2.
+    not 0, 1 or 2. With a collecting ``problems`` these go to it instead (every broken person is listed) and the
+    result is ``None`` when any was found. ``num_persons=None`` (the parsing files did not say how many persons
+    there are) skips the key check and reads the persons the file has.
     """
+    problems = Problems() if problems is None else problems
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(path, "pose annotation is missing")
+        problems.add(DatasetError(path, "pose annotation is missing"))
+        return None
     try:
         mat = scipy.io.loadmat(path)
     except Exception as err:  # scipy raises several unrelated types for a damaged file
-        raise DatasetError(path, f"pose annotation is unreadable or corrupt ({type(err).__name__}: {err})") from None
+        problems.add(DatasetError(path, f"pose annotation is unreadable or corrupt ({type(err).__name__}: {err})"))
+        return None
     keys = sorted((k for k in mat if k.startswith("person_")), key=lambda k: (len(k), k))
-    expected = [f"person_{k}" for k in range(num_persons)]
+    expected = keys if num_persons is None else [f"person_{k}" for k in range(num_persons)]
     if keys != expected:
-        raise DatasetError(path, f"has pose keys {keys} but the image has {num_persons} parsing files "
-                           f"(expected {expected})")
-    out = np.zeros((num_persons, MPII16.num_keypoints, 3), dtype=np.float32)
+        problems.add(DatasetError(path, f"has pose keys {keys} but the image has {num_persons} parsing files "
+                                  f"(expected {expected})"))
+        return None
+    found = len(problems)
+    out = np.zeros((len(expected), MPII16.num_keypoints, 3), dtype=np.float32)
     for k, key in enumerate(expected):
-        array = np.asarray(mat[key], dtype=np.float64)
+        try:
+            array = np.asarray(mat[key], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            problems.add(DatasetError(path, f"{key} is not a numeric array ({err})"))
+            continue
         if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] < MPII16.num_keypoints:
-            raise DatasetError(path, f"{key} has shape {array.shape}; expected ({_POSE_ROWS}, 3)")
+            problems.add(DatasetError(path, f"{key} has shape {array.shape}; expected ({_POSE_ROWS}, 3)"))
+            continue
         joints = array[: MPII16.num_keypoints]
         flags = joints[:, 2]
         if not np.isin(flags, (0, 1, 2)).all():
-            raise DatasetError(path, f"{key} has visibility flags {sorted(set(flags.tolist()))}; expected 0 "
-                               "(visible), 1 (occluded) or 2 (out of image)")
+            problems.add(DatasetError(path, f"{key} has visibility flags {sorted(set(flags.tolist()))}; expected 0 "
+                                      "(visible), 1 (occluded) or 2 (out of image)"))
+            continue
         vis = 2 - flags
         unknown = (joints[:, 0] < 0) | (joints[:, 1] < 0) | ~np.isfinite(joints[:, :2]).all(axis=1)
         vis[unknown] = 0
         out[k, :, :2] = np.where(vis[:, None] > 0, joints[:, :2], 0)
         out[k, :, 2] = vis
-    return out
+    return None if len(problems) > found else out
 
 
 class MHPv2(ParsingDataset):
@@ -273,19 +286,25 @@ class MHPv2(ParsingDataset):
                                f"indices {indices}, but their names say NN = {num} (expected KK = 1..{num})")
         return [(kk, folder / name) for (_, _, kk), name in sorted(zip(parsed, names), key=lambda p: p[0][2])]
 
-    def load(self, index: int, thorough: bool = False) -> dict:
+    def load(self, index: int, thorough: bool = False, problems: Problems | None = None) -> dict | None:
+        problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         image_path = self.image_path(image_id)
-        image = read_image(image_path)
-        hw = image.shape[:2]
-        persons = self.person_paths(image_id)
+        image = problems.attempt(read_image, image_path)
+        hw = None if image is None else image.shape[:2]
+        persons = problems.attempt(self.person_paths, image_id)
+        person_parts = [(kk, read_checked_label(path, hw, image_path, problems, self.labels, "part", channel=0))
+                        for kk, path in persons or []]
+        pose = None
+        if self.with_keypoints:
+            pose = read_mhp_pose(self.pose_path(image_id), None if persons is None else len(persons),
+                                 problems=problems)
+        if problems:
+            return None
         semantic = np.zeros(hw, dtype=np.int64)
         instances = np.zeros(hw, dtype=np.int64)
         boxes, kept = [], []
-        for kk, path in persons:
-            parts = read_label_png(path, channel=0)
-            check_same_size(parts, hw, path, image_path)
-            check_label_values(parts, self.labels, path, "part")
+        for kk, parts in person_parts:
             mask = parts > 0
             if not mask.any():
                 continue
@@ -296,7 +315,7 @@ class MHPv2(ParsingDataset):
             boxes.append(boxes_from_instances(mask.astype(np.int64), 1)[0])
         boxes = np.stack(boxes) if boxes else np.zeros((0, 4), dtype=np.float32)
         if self.with_keypoints:
-            keypoints = read_mhp_pose(self.pose_path(image_id), len(persons))[np.asarray(kept, dtype=np.int64) - 1]
+            keypoints = pose[np.asarray(kept, dtype=np.int64) - 1]
         else:
             keypoints = np.zeros((len(kept), 0, 3), dtype=np.float32)
         meta = {"id": image_id, "dataset": "mhp_v2", "split": self.split, "image_path": str(image_path),

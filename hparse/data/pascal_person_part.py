@@ -52,15 +52,15 @@ from .contract import IGNORE_INDEX
 from .io import (
     DatasetError,
     ParsingDataset,
+    Problems,
     boxes_from_instances,
-    check_label_values,
     check_same_size,
     first_missing,
     list_dir,
     make_sample,
+    read_checked_label,
     read_id_list,
     read_image,
-    read_label_png,
     relabel_by_segment,
     require_dir,
     safe_stem,
@@ -97,23 +97,32 @@ def _as_list(value) -> list:
     return [value]
 
 
-def read_pascal_part_persons(path: str | os.PathLike, image_hw: tuple[int, int], image_path: Path) -> list[np.ndarray]:
+def read_pascal_part_persons(path: str | os.PathLike, image_hw: tuple[int, int] | None, image_path: Path,
+                             problems: Problems | None = None) -> list[np.ndarray] | None:
     """Silhouettes of the ``person`` objects of a Pascal-Part ``Annotations_Part/<id>.mat``, in file order.
 
     Returns a list of (H, W) bool masks. Raises :class:`DatasetError` naming the file if it is missing, unreadable,
-    lacks ``anno.objects``, or holds a mask whose size differs from the image's.
+    lacks ``anno.objects``, or holds a mask whose size differs from the image's (not checked when ``image_hw`` is
+    ``None``). With a collecting ``problems`` these go to it instead (every broken object is listed) and the result
+    is ``None`` when any was found.
     """
+    problems = Problems() if problems is None else problems
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(path, "Pascal-Part annotation is missing")
+        problems.add(DatasetError(path, "Pascal-Part annotation is missing"))
+        return None
     try:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     except Exception as err:  # scipy raises several unrelated types for a damaged file
-        raise DatasetError(path, f"Pascal-Part annotation is unreadable or corrupt ({type(err).__name__}: {err})") \
-            from None
+        problems.add(DatasetError(path, f"Pascal-Part annotation is unreadable or corrupt ({type(err).__name__}: "
+                                  f"{err})"))
+        return None
     anno = mat.get("anno")
     if anno is None or not hasattr(anno, "objects"):
-        raise DatasetError(path, "has no 'anno' struct with an 'objects' field (not a Pascal-Part annotation?)")
+        problems.add(DatasetError(path, "has no 'anno' struct with an 'objects' field (not a Pascal-Part "
+                                  "annotation?)"))
+        return None
+    found = len(problems)
     persons = []
     for k, obj in enumerate(_as_list(anno.objects)):
         cls, cls_ind = getattr(obj, "class", None), getattr(obj, "class_ind", None)
@@ -121,10 +130,13 @@ def read_pascal_part_persons(path: str | os.PathLike, image_hw: tuple[int, int],
             continue
         mask = np.asarray(getattr(obj, "mask", None))
         if mask.ndim != 2:
-            raise DatasetError(path, f"object {k + 1} (person) has no 2-D mask (got shape {mask.shape})")
-        check_same_size(mask, image_hw, path, image_path)
+            problems.add(DatasetError(path, f"object {k + 1} (person) has no 2-D mask (got shape {mask.shape})"))
+            continue
+        if image_hw is not None and tuple(mask.shape) != tuple(image_hw):
+            problems.attempt(check_same_size, mask, image_hw, path, image_path)
+            continue
         persons.append(mask > 0)
-    return persons
+    return None if len(problems) > found else persons
 
 
 class PascalPersonPart(ParsingDataset):
@@ -177,26 +189,29 @@ class PascalPersonPart(ParsingDataset):
             first_missing([folder / f"{i}{suffix}" for i in self.ids if f"{i}{suffix}" not in present],
                           f"listed {what}")
 
-    def load(self, index: int, thorough: bool = False) -> dict:
+    def load(self, index: int, thorough: bool = False, problems: Problems | None = None) -> dict | None:
+        problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         image_path, label_path = self.image_path(image_id), self.label_path(image_id)
-        image = read_image(image_path)
-        hw = image.shape[:2]
-        semantic = read_label_png(label_path)
-        check_same_size(semantic, hw, label_path, image_path)
-        check_label_values(semantic, self.labels, label_path, "part")
-        silhouettes = read_pascal_part_persons(self.annotation_path(image_id), hw, image_path)
+        image = problems.attempt(read_image, image_path)
+        hw = None if image is None else image.shape[:2]
+        semantic = read_checked_label(label_path, hw, image_path, problems, self.labels, "part")
+        silhouettes = read_pascal_part_persons(self.annotation_path(image_id), hw, image_path, problems=problems)
+        if semantic is None or silhouettes is None or any(m.shape != semantic.shape for m in silhouettes):
+            return None  # (only reached while collecting: a raising ``problems`` has raised already)
         silhouettes = [m for m in silhouettes if m.any()]
-        instances = np.zeros(hw, dtype=np.int64)
+        instances = np.zeros(semantic.shape, dtype=np.int64)
         for k, mask in enumerate(silhouettes, start=1):
             instances[mask] = k  # later persons on top
         unassigned = (semantic > 0) & (semantic != IGNORE_INDEX) & (instances == 0)
         count = int(unassigned.sum())
         if count and self.unassigned == "error":
             ys, xs = np.nonzero(unassigned)
-            raise DatasetError(label_path, f"{count} part pixels lie on no person silhouette of "
-                               f"{self.annotation_path(image_id)} (first at x={int(xs[0])}, y={int(ys[0])}); pass "
-                               "unassigned='ignore' to ignore them")
+            problems.add(DatasetError(label_path, f"{count} part pixels lie on no person silhouette of "
+                                      f"{self.annotation_path(image_id)} (first at x={int(xs[0])}, y={int(ys[0])}); "
+                                      "pass unassigned='ignore' to ignore them"))
+        if problems:
+            return None
         semantic = np.where(unassigned, IGNORE_INDEX, semantic)
         boxes = boxes_from_instances(instances, len(silhouettes))
         keypoints = np.zeros((len(silhouettes), 0, 3), dtype=np.float32)

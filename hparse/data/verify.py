@@ -3,7 +3,9 @@
 A loader stops at the first broken file it meets, which may be hours into training. :func:`verify_split` instead
 opens the split without the construction-time file check, loads **every** image with the thorough checks of
 :meth:`~hparse.data.io.ParsingDataset.check` (the extra ``Instance_ids`` consistency of CIHP, for instance) and the
-data-contract validator, and collects one line per broken image, each naming the file and what is wrong.
+data-contract validator, and collects one line per problem, each naming the file and what is wrong. Within one
+image, too, every problem is listed (a label map of the wrong size *and* with values outside the label set gives two
+lines), not only the first.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def open_dataset(name: str, root: str | os.PathLike, split: str, **kwargs) -> Pa
 
 @dataclass
 class SplitReport:
-    """What :func:`verify_split` found: ``problems`` has one line per broken image (or one for the split)."""
+    """What :func:`verify_split` found: ``problems`` has one line per problem (an image can have several), or one
+    for the split when it cannot be opened."""
 
     dataset: str
     split: str
