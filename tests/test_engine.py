@@ -106,6 +106,17 @@ def test_kill_and_resume_reproduces_the_loss_curve(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_refuses_another_schedule(tmp_path):
+    train(ToyModel(), ToyDataset(), iterations=4, out_dir=tmp_path, checkpoint_every=2, **FAST)
+    # Continuing the finished 4-step run to 8 steps would keep its 4-step schedule (warm-up, decay points).
+    with pytest.raises(ValueError, match=r"another learning-rate schedule \(iterations 4 -> 8"):
+        train(ToyModel(), ToyDataset(), iterations=8, out_dir=tmp_path, checkpoint_every=2, **FAST)
+    again = train(ToyModel(), ToyDataset(), iterations=4, out_dir=tmp_path, checkpoint_every=2, **FAST)
+    assert again["step"] == 4  # the same settings load the finished run
+    fresh = train(ToyModel(), ToyDataset(), iterations=8, out_dir=tmp_path, checkpoint_every=2, resume=False, **FAST)
+    assert fresh["step"] == 8
+
+
 def test_nan_loss_names_step_and_term(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 2: loss term 'loss_bad' is nan"):
         train(ToyModel(nan_at=2), ToyDataset(), iterations=4, out_dir=tmp_path, **FAST)

@@ -197,6 +197,24 @@ class LRSchedule:
         return factor
 
 
+def _check_same_schedule(path: Path, checkpoint: dict, requested: LRSchedule) -> None:
+    """Refuse to resume a run under another schedule than the one it was started with.
+
+    The scheduler's state holds the run's :class:`LRSchedule`, and loading it would silently replace the requested
+    one: a 150-step run "resumed" to 600 steps would train its last 450 steps at the decayed learning rate.
+    """
+    saved = (checkpoint.get("scheduler") or {}).get("lr_lambdas") or [None]
+    saved = saved[0]
+    if not isinstance(saved, dict):
+        return  # a checkpoint without a recorded schedule: nothing to compare
+    differ = {key: (saved.get(key), value) for key, value in vars(requested).items() if saved.get(key) != value}
+    if differ:
+        what = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in differ.items())
+        raise ValueError(f"checkpoint {path} was trained with another learning-rate schedule ({what}); resuming it "
+                         "would not follow the requested one. Train with the run's own settings to continue it, or "
+                         "use a new out_dir (or resume=False) to start afresh")
+
+
 # ------------------------------------------------------------------------------------------------------ train
 
 
@@ -341,6 +359,7 @@ def train(
     step = 0
     if resume and ckpt_path.exists():
         checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
+        _check_same_schedule(ckpt_path, checkpoint, lr_schedule)
         base.load_state_dict(checkpoint["model"])
         opt.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
