@@ -114,6 +114,20 @@ def test_quality_target_at_default_settings():
     assert optimality_rate(A, sel, opt, tol=0.01) >= 0.99
 
 
+def test_cold_started_converged_projection_reaches_the_default_assignment():
+    # warm_start=False restarts Dykstra from zero at every PGD step; with enough cycles each projection has
+    # converged, which is PGD with the exact projection of Eq. 16. It must round to the default solver's assignment.
+    A, lengths = random_problems(8, max_size=6, seed=13, dtype=torch.float64)
+    default = round_assignment(dykstra_matching(A, lengths), lengths)
+    Y = dykstra_matching(A, lengths, iters=100, proj_iters=500, warm_start=False, polish=False)
+    assert violation(Y) < 1e-6  # feasible without the polish: every projection converged
+    assert round_assignment(Y, lengths).tolist() == default.tolist()
+    assert default.tolist() == hungarian_matching(A, lengths).tolist()
+    # Control: restarting from zero with a single cycle is no projection at all, so the flag does matter.
+    Y1 = dykstra_matching(A, lengths, proj_iters=1, warm_start=False, polish=False)
+    assert violation(Y1) > 0.1
+
+
 def test_hungarian_is_optimal_by_enumeration():
     gen = torch.Generator().manual_seed(1)
     for n, m in [(1, 3), (3, 3), (2, 4), (4, 2)]:
@@ -376,6 +390,53 @@ def test_pgd_iterates_yields_every_step():
     iterates = list(pgd_iterates(A, iters=7))
     assert len(iterates) == 7
     torch.testing.assert_close(dykstra_matching(A, iters=7, polish=False), iterates[-1])
+
+
+def test_quality_benchmark_smoke(tmp_results):
+    from hparse.benchmarks import BENCHMARKS, run_benchmark
+    from hparse.benchmarks.matching import QUALITY_SETTINGS
+    from hparse.engine import get_profile, load_result
+    from hparse.ops.matching import DEFAULT_ITERS
+
+    assert "matching_quality" in BENCHMARKS
+    metrics = run_benchmark("matching_quality", get_profile("smoke"), torch.device("cpu"))
+    assert set(metrics) == {"default", "trade_off"}
+    default, trade = metrics["default"], metrics["trade_off"]
+    settings = QUALITY_SETTINGS["smoke"]
+    assert trade["iterations"] == sorted({*settings["iterations"], DEFAULT_ITERS})
+    for key in ("within_1pct", "within_1pct_min_seed", "within_1pct_max_seed", "exact", "mean_ratio"):
+        assert len(trade[key]) == len(trade["iterations"])
+        assert all(0.0 <= v <= 1.0 + 1e-12 for v in trade[key]), key  # a rounded weight never beats the optimum
+    assert all(lo <= v <= hi for lo, v, hi in zip(trade["within_1pct_min_seed"], trade["within_1pct"],
+                                                   trade["within_1pct_max_seed"]))
+    assert default["iters"] == DEFAULT_ITERS and 0.0 <= default["within_1pct"] <= 1.0
+    assert default["within_1pct"] == trade["within_1pct"][trade["iterations"].index(DEFAULT_ITERS)]
+    assert len(default["per_seed"]["per_seed"]) == len(settings["seeds"])
+    assert default["meets_target"] == (default["within_1pct"] >= default["target"])
+    # The measured fractions are those the op itself gives: round_assignment(dykstra_matching(A, mask, iters=...)).
+    (seed,) = settings["seeds"]
+    A, lengths = random_problems(settings["num_problems"], max_size=20, seed=seed)
+    opt = matching_weight(A.double(), hungarian_matching(A, lengths))
+    for iters, within in zip(trade["iterations"], trade["within_1pct"]):
+        sel = round_assignment(dykstra_matching(A, lengths, iters=iters), lengths)
+        assert within == optimality_rate(A, sel, opt, tol=0.01), iters
+    assert trade["within_1pct"][0] < default["within_1pct"]  # 10 steps are too few: the trade-off is visible
+    record = load_result("bench/matching_quality", "smoke", root=tmp_results)
+    assert record["metrics"]["default"]["within_1pct"] == default["within_1pct"]
+    assert record["config"]["num_problems"] == settings["num_problems"] * len(settings["seeds"])
+
+
+def test_quality_benchmark_writes_under_root(tmp_path):
+    from hparse.benchmarks.matching import quality
+    from hparse.engine import get_profile, load_result
+    from hparse.ops.matching import DEFAULT_ITERS
+
+    metrics = quality(get_profile("smoke"), "cpu", seeds=(3, 4), num_problems=20, iterations=(5,), root=tmp_path)
+    assert metrics["trade_off"]["iterations"] == [5, DEFAULT_ITERS]
+    assert metrics["default"]["per_seed"]["min"] <= metrics["default"]["within_1pct"]
+    assert load_result("bench/matching_quality", "smoke", root=tmp_path)["config"]["seeds"] == [3, 4]
+    with pytest.raises(ValueError, match="seed"):
+        quality(get_profile("smoke"), "cpu", seeds=(), root=tmp_path)
 
 
 @pytest.mark.gpu

@@ -75,6 +75,32 @@ def test_evaluator_keys_and_perfect_prediction():
     assert ev.compute()["num_images"] == 0
 
 
+def test_person_order_never_matters_for_any_metric():
+    """Permuting the predicted persons with their scores and part scores leaves mIoU (of the map painted from the
+    persons), AP^p, PCP and AP^r unchanged; the persons overlap, so the painting order is exercised."""
+    sem = np.array([[1, 1, 1, 1, 0, 0], [2, 2, 2, 2, 0, 0], [3, 3, 3, 3, 0, 0]])
+    inst = np.array([[1, 1, 2, 2, 0, 0]] * 3)
+    tgt = sample(sem, inst)
+    rng = np.random.default_rng(4)
+    for case in range(10):
+        persons = [np.where(rng.random(sem.shape) < 0.6, sem * (inst == rng.integers(1, 3)),
+                            rng.integers(0, 4, sem.shape)) for _ in range(4)]
+        scores = rng.permutation([0.9, 0.7, 0.5, 0.3])
+        parts = rng.random((4, 4))
+        perm = rng.permutation(4)
+        results = []
+        for order in (np.arange(4), perm):
+            pred = {"person_parts": T(np.stack([persons[i] for i in order])),
+                    "person_scores": torch.tensor(scores[order], dtype=torch.float32)}
+            if case % 2:
+                pred["part_scores"] = torch.tensor(parts[order], dtype=torch.float32)
+            ev = ParsingEvaluator(4, score_thresh=0.0)
+            ev.update(pred, tgt)
+            results.append(ev.compute())
+        np.testing.assert_equal(results[0], results[1])
+        assert not np.isnan(results[0]["mIoU"])
+
+
 def test_semantic_painted_when_missing():
     tgt = sample(SEM, INST)
     pred = perfect(tgt)

@@ -197,12 +197,45 @@ def test_person_order_never_matters():
         assert r1 == r2
 
 
-def test_zero_score_garbage_never_raises_app():
+def _ranked(accumulator) -> int:
+    """Predictions an accumulator has ranked so far, i.e. those that passed the score threshold to the matcher."""
+    return sum(len(s) for s in accumulator._scores)
+
+
+def test_lowest_score_garbage_never_raises_app():
+    """A person ranked below all others is matched last: it takes no GT person from them, so AP^p never falls,
+    and where every GT person is already claimed it can only be a false positive at the end of the ranking, so AP^p
+    does not rise either. The garbage here is a corrupted copy of a GT person (it can beat the IoU threshold), and
+    the score threshold is 0 so that its score of 0.0 really reaches the matcher."""
     rng = np.random.default_rng(1)
-    for _ in range(10):
-        persons = [np.where(rng.random((4, 4)) < 0.7, SEM, 0) * (INST == k) for k in (1, 2)]
-        base = app([(prediction(persons, [0.9, 0.8]), target(SEM, INST))])
-        garbage = rng.integers(0, 4, (4, 4))
-        more = app([(prediction([*persons, garbage], [0.9, 0.8, 0.0]), target(SEM, INST))])
-        for t in range(10, 100, 10):
-            assert more[f"APp{t}"] <= base[f"APp{t}"]
+    tgt = target(SEM, INST)
+    tempting = 0  # claimed thresholds where the garbage's own IoU beats t: only one-to-one matching stops it
+    for case in range(30):
+        persons = [np.where(rng.random((4, 4)) < 0.85, SEM, 0) * (INST == k) for k in (1, 2)]
+        scores = [0.9, 0.8]
+        if case % 3 == 0:
+            garbage = rng.integers(0, 4, (4, 4))  # anywhere, any label
+        else:
+            garbage = np.where(rng.random((4, 4)) < 0.7, SEM, rng.integers(0, 4, (4, 4))) * (INST == 1 + case % 2)
+        base = app([(prediction(persons, scores), tgt)], score_thresh=0.0)
+        ev = ParsingEvaluator(4, metrics=("app",), score_thresh=0.0)
+        ev.update(prediction([*persons, garbage], [*scores, 0.0]), tgt)
+        more = ev.compute()
+        assert _ranked(ev.part_ap) == 3  # the garbage was matched, not dropped by the threshold
+        # Which thresholds see every GT person claimed by the real predictions (matched without the garbage).
+        tp, _ = match_persons(person_part_iou(person_pixels(T(np.stack(persons))), T(SEM), T(INST), 2, 4),
+                              np.array(scores))
+        claimed = tp.sum(0) == 2
+        own = person_part_iou(person_pixels(T(garbage)[None]), T(SEM), T(INST), 2, 4).mean_iou[0]
+        for k, t in enumerate(range(10, 100, 10)):
+            assert more[f"APp{t}"] >= base[f"APp{t}"]
+            if claimed[k]:
+                assert more[f"APp{t}"] <= base[f"APp{t}"]
+                tempting += bool(np.nanmax(own) > t / 100)
+        # At the default threshold (0.001) the same garbage is dropped before matching.
+        ev = ParsingEvaluator(4, metrics=("app",))
+        ev.update(prediction([*persons, garbage], [*scores, 0.0]), tgt)
+        assert _ranked(ev.part_ap) == 2
+        default = app([(prediction(persons, scores), tgt)])
+        assert ev.part_ap.compute() == {k: v for k, v in default.items() if k.startswith(("APp", "PCP"))}
+    assert tempting >= 50

@@ -146,3 +146,81 @@ def test_per_class_names():
     ev.update(T(SEM[None]), torch.tensor([0.9]), T(SEM), T(INST))
     r = ev.compute()
     assert r["APr50/head"] == 1.0 and r["APr50/torso"] == 0.0
+
+
+# Two GT persons (columns 0-1 and 2-3) with parts 1 (rows 0-1) and 2 (rows 2-3), background in columns 4-5; n = 3.
+SEM2 = np.array([[1, 1, 1, 1, 0, 0]] * 2 + [[2, 2, 2, 2, 0, 0]] * 2)
+INST2 = np.array([[1, 1, 2, 2, 0, 0]] * 4)
+
+
+def _ranked(accumulator) -> int:
+    """Regions an accumulator has ranked so far (every painted region reaches the matcher)."""
+    return sum(len(labels) for labels in accumulator._labels)
+
+
+@pytest.mark.parametrize("ap_style", ["voc", "uninterpolated"])
+def test_lowest_score_garbage_never_raises_apr(ap_style):
+    """A person scored below all others is painted underneath them, so their regions keep their pixels, and its
+    own regions come last in every class's ranking: AP^r never falls, and where none of its painted regions beats
+    the threshold they are false positives at the end of the ranking, so AP^r does not rise. The garbage overlaps
+    GT persons; the oracle for what it keeps after painting is computed here by hand (pixels no one else claims)."""
+    rng = np.random.default_rng(2)
+    shape = SEM2.shape
+    hidden = raised = 0
+    for case in range(30):
+        persons = [np.where(rng.random(shape) < 0.75, SEM2, rng.integers(0, 3, shape)) * (INST2 == k)
+                   for k in (1, 2)]
+        if case % 3 == 0:
+            garbage = rng.integers(0, 3, shape)  # anywhere, any label
+        else:
+            garbage = np.where(rng.random(shape) < 0.7, SEM2, rng.integers(0, 3, shape)) * (INST2 == 1 + case % 2)
+        scores = [0.9, 0.8]
+        # Half the cases rank regions by part scores, the garbage's being the lowest of all.
+        parts = [rng.uniform(0.1, 1.0, 3).tolist() for _ in persons] if case % 2 else None
+
+        def run(ps, ss, part_scores):
+            ev = RegionAP(3, ap_style=ap_style)
+            ev.update(T(np.stack(ps)), torch.tensor(ss, dtype=torch.float64), T(SEM2), T(INST2),
+                      part_scores=torch.tensor(part_scores) if part_scores is not None else None)
+            return ev.compute(), _ranked(ev)
+
+        base, n_base = run(persons, scores, parts)
+        more, n_more = run([*persons, garbage], [*scores, 0.0], [*parts, [0.0] * 3] if parts else None)
+        # What the garbage keeps: its labelled pixels that neither real person paints.
+        mine = (persons[0] == 0) & (persons[1] == 0) & (garbage > 0)
+        best, regions = 0.0, 0
+        for c in (1, 2):
+            region = mine & (garbage == c)
+            if region.any():
+                regions += 1
+                for g in (1, 2):
+                    gt = (INST2 == g) & (SEM2 == c)
+                    best = max(best, (region & gt).sum() / (region | gt).sum())
+        assert n_more == n_base + regions  # every painted garbage region was ranked and matched
+        for t in range(10, 100, 10):
+            assert more[f"APr{t}"] >= base[f"APr{t}"]
+            if best <= t / 100:
+                assert more[f"APr{t}"] <= base[f"APr{t}"]
+                hidden += bool((mine & (INST2 > 0)).any())
+            raised += more[f"APr{t}"] > base[f"APr{t}"]
+    assert hidden >= 50  # garbage on GT pixels, kept by painting, yet below the threshold
+    assert raised >= 5  # and above it the lowest-ranked region is a true positive that does raise AP^r
+
+
+def test_person_order_never_matters_for_apr():
+    """Permuting the predicted persons together with their scores and part scores changes nothing: painting follows
+    the (distinct) person scores and the ranking follows the region scores, never the input order."""
+    rng = np.random.default_rng(3)
+    shape = SEM2.shape
+    for case in range(10):
+        # Overlapping persons (each spills over the other GT person and the background), so painting order matters.
+        persons = [np.where(rng.random(shape) < 0.6, SEM2 * (INST2 == rng.integers(1, 3)), rng.integers(0, 3, shape))
+                   for _ in range(4)]
+        scores = rng.permutation([0.9, 0.7, 0.5, 0.3]).tolist()
+        parts = [rng.random(3).tolist() for _ in persons] if case % 2 else None
+        perm = rng.permutation(4)
+        extra = [parts] if parts else []
+        extra_perm = [[parts[i] for i in perm]] if parts else []
+        r1 = region_ap([(persons, scores, SEM2, INST2, *extra)], 3)
+        r2 = region_ap([([persons[i] for i in perm], [scores[i] for i in perm], SEM2, INST2, *extra_perm)], 3)
+        assert r1 == r2

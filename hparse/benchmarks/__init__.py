@@ -1,8 +1,10 @@
 """Benchmarks behind ``hparse bench NAME``.
 
-Each benchmark is a module with ``run(profile, device) -> dict`` that times something, writes its numbers to
-``results/<profile>/bench/<name>.json`` through :func:`hparse.engine.results.write_result` and returns them.
-Benchmarks report ratios and throughputs measured in one process; they are never unit tests.
+Each benchmark is a function ``(profile, device) -> dict`` that measures something, writes its numbers to
+``results/<profile>/bench/<name>.json`` through :func:`hparse.engine.results.write_result` and returns them: a
+module's ``run`` by default, or another function of the module named as ``"module:function"`` (so that one module
+can hold a timing benchmark and a quality measurement of the same op). Benchmarks report ratios, throughputs and
+rates measured in one process; they are never unit tests.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import torch
 
 from ..engine.profiles import Profile
 
-# name -> module implementing ``run(profile, device)``; modules are imported only when run.
+# name -> module implementing ``run(profile, device)``, or ``module:function``; modules are imported only when run.
 BENCHMARKS: dict[str, str] = {
     "instance_crf": "hparse.benchmarks.instance_crf",
     "matching": "hparse.benchmarks.matching",
+    "matching_quality": "hparse.benchmarks.matching:quality",
     "metrics": "hparse.benchmarks.metrics",
     "parsing_rcnn": "hparse.benchmarks.parsing_rcnn",
     "synth": "hparse.benchmarks.synth",
@@ -27,5 +30,6 @@ def run_benchmark(name: str, profile: Profile, device: torch.device) -> dict:
     """Run the benchmark ``name`` and return its numbers."""
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS)) or 'none'}")
-    module = importlib.import_module(BENCHMARKS[name])
-    return module.run(profile=profile, device=device)
+    module_name, _, function = BENCHMARKS[name].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, function or "run")(profile=profile, device=device)

@@ -13,6 +13,11 @@ and records each method's quality on the same problems (fraction within 1% of th
 one forward + backward pass of the Dykstra solver at a training-sized batch. Sizes follow the profile: ``smoke``
 shrinks everything; ``cpu`` and ``gpu`` use 10×10 and 20×20 with B from 1 to 4096. CPU timings run with one torch
 thread (scipy is single-threaded too, and the machine may be shared); the config records it.
+
+:func:`quality` (``hparse bench matching_quality``, file ``bench/matching_quality``) measures the quality criterion
+of the op rather than its speed: on several seeds of random problems with N, M uniform in 1..20 (padded to 20 × 20
+and masked), the fraction whose rounded Dykstra assignment is within 1% of the Hungarian weight, at the default
+settings and along the accuracy–iterations trade-off (:func:`hparse.ops.matching.accuracy_vs_iterations`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +35,7 @@ from ..ops.matching import (
     DEFAULT_ITERS,
     DEFAULT_PROJ_ITERS,
     DEFAULT_STEP,
+    accuracy_vs_iterations,
     dykstra_matching,
     greedy_matching,
     hungarian_matching,
@@ -42,6 +49,18 @@ SETTINGS: dict[str, dict] = {
     "cpu": {"sizes": (10, 20), "batches": (1, 4, 16, 64, 256, 1024, 4096), "train_batch": 256},
     "gpu": {"sizes": (10, 20), "batches": (1, 4, 16, 64, 256, 1024, 4096), "train_batch": 256},
 }
+
+
+# Profile name -> seeds, problems per seed and the iteration counts of the trade-off (DEFAULT_ITERS is always added).
+QUALITY_SETTINGS: dict[str, dict] = {
+    "smoke": {"seeds": (0,), "num_problems": 100, "iterations": (10, 50)},
+    "cpu": {"seeds": (0, 1, 2, 3, 4), "num_problems": 2000,
+            "iterations": (10, 20, 50, 100, 150, 200, 300, 400, 600)},
+    "gpu": {"seeds": tuple(range(10)), "num_problems": 2000,
+            "iterations": (10, 20, 50, 100, 150, 200, 300, 400, 600)},
+}
+QUALITY_TARGET = 0.99  # the op's quality bar: within 1% of the optimum on at least 99% of problems, by default
+QUALITY_MAX_SIZE = 20
 
 
 def _sync(device: torch.device) -> None:
@@ -148,6 +167,89 @@ def run(profile: Profile, device: torch.device) -> dict:
         # Written before the thread count is restored, so the provenance names the setting that was timed.
         write_result("bench/matching", metrics, profile=profile.name, config=config,
                      wall_time_s=time.perf_counter() - started, device=device)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "per_seed": values}
+
+
+def quality(profile: Profile, device: torch.device, *, seeds=None, num_problems: int | None = None,
+            iterations=None, root: str | Path | None = None) -> dict:
+    """Optimality rate of the rounded Dykstra assignment; write ``results/<profile>/bench/matching_quality``.
+
+    For each seed, :func:`~hparse.ops.matching.random_problems` draws ``num_problems`` problems with N, M uniform in
+    1..20 and scores uniform in [0, 1] (float32, padded to 20 × 20, masked by their lengths), and
+    :func:`~hparse.ops.matching.accuracy_vs_iterations` runs PGD once at the default step and Dykstra cycles per
+    step, rounding at every requested iteration count exactly as ``round_assignment(dykstra_matching(A, mask))``
+    does at that ``iters``. ``seeds``, ``num_problems`` and ``iterations`` default to the profile's
+    :data:`QUALITY_SETTINGS`; ``root`` redirects the results folder (default ``$HPARSE_RESULTS`` or ``results/``).
+
+    Returns:
+        ``default``: the criterion at ``DEFAULT_ITERS`` — ``within_1pct`` (fraction over all problems), its
+        ``per_seed`` spread, ``exact`` (fraction reaching the optimum), ``target`` and ``meets_target``;
+        ``trade_off``: per iteration count, the pooled ``within_1pct``, its per-seed minimum and maximum, ``exact``,
+        ``mean_ratio`` (mean weight / optimum) and ``max_violation`` (largest constraint violation before polish).
+    """
+    device = torch.device(device)
+    settings = QUALITY_SETTINGS.get(profile.name, QUALITY_SETTINGS["cpu"])
+    seeds = tuple(settings["seeds"] if seeds is None else seeds)
+    num_problems = int(settings["num_problems"] if num_problems is None else num_problems)
+    checkpoints = sorted({int(i) for i in (settings["iterations"] if iterations is None else iterations)}
+                         | {DEFAULT_ITERS})
+    if not seeds or num_problems < 1:
+        raise ValueError(f"quality needs at least one seed and one problem; got seeds={seeds}, "
+                         f"num_problems={num_problems}")
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        runs = [accuracy_vs_iterations(checkpoints, num_problems=num_problems, max_size=QUALITY_MAX_SIZE, seed=seed,
+                                       device=device) for seed in seeds]
+        # Every seed has the same number of problems, so the pooled fraction is the mean over seeds.
+        trade_off = {"iterations": checkpoints, "within_1pct": [], "within_1pct_min_seed": [],
+                     "within_1pct_max_seed": [], "exact": [], "mean_ratio": [], "max_violation": []}
+        for k in range(len(checkpoints)):
+            within = [r["within_tol"][k] for r in runs]
+            trade_off["within_1pct"].append(statistics.fmean(within))
+            trade_off["within_1pct_min_seed"].append(min(within))
+            trade_off["within_1pct_max_seed"].append(max(within))
+            trade_off["exact"].append(statistics.fmean(r["exact"][k] for r in runs))
+            trade_off["mean_ratio"].append(statistics.fmean(r["mean_ratio"][k] for r in runs))
+            trade_off["max_violation"].append(max(r["max_violation"][k] for r in runs))
+        d = checkpoints.index(DEFAULT_ITERS)
+        default_within = [r["within_tol"][d] for r in runs]
+        metrics = {
+            "default": {
+                "iters": DEFAULT_ITERS,
+                "within_1pct": statistics.fmean(default_within),
+                "per_seed": _spread(default_within),
+                "exact": trade_off["exact"][d],
+                "target": QUALITY_TARGET,
+                "meets_target": statistics.fmean(default_within) >= QUALITY_TARGET,
+            },
+            "trade_off": trade_off,
+        }
+        config = {
+            "seeds": list(seeds),
+            "num_problems_per_seed": num_problems,
+            "num_problems": num_problems * len(seeds),
+            "sizes": f"N, M uniform in 1..{QUALITY_MAX_SIZE}, padded to {QUALITY_MAX_SIZE}x{QUALITY_MAX_SIZE} "
+                     "and masked by their lengths",
+            "scores": "uniform in [0, 1], float32",
+            "tolerance": "weight >= 0.99 * Hungarian weight (relative 1%)",
+            "rounding": "round_assignment (greedy on Y) after the final polish",
+            "dykstra": {"iters": DEFAULT_ITERS, "step": DEFAULT_STEP, "proj_iters": DEFAULT_PROJ_ITERS,
+                        "warm_start": True},
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+        }
+        write_result("bench/matching_quality", metrics, profile=profile.name, config=config,
+                     wall_time_s=time.perf_counter() - started, device=device,
+                     root=Path(root) if root is not None else None)
     finally:
         torch.set_num_threads(threads)
     return metrics
