@@ -55,7 +55,7 @@ from hparse.models.parsing_rcnn import training_recipe
 from hparse.models.targets import parsing_loss, parsing_targets
 from hparse.viz import draw_boxes, overlay_person_parts, overlay_semantic, slider_explorer, static_strip
 from hparse.viz import to_numpy_image
-from hparse.viz.topdown import MarkdownTables, bilinear_label_crops, fpn_levels, ladder_records
+from hparse.viz.topdown import MarkdownTables, bilinear_label_crops, fpn_levels, ladder_records, percent, short_run_caveat
 
 profile = get_profile()
 seed_everything(0)
@@ -383,17 +383,15 @@ fig.tight_layout()
 KEYS = ["mIoU", "APp50", "APpvol", "PCP50"]
 record = ours["records"]["baseline"]
 metrics = record["metrics"]
+iterations, device = record["config"]["train"]["iterations"], record["provenance"]["device"]
 display(MarkdownTables(
     "| | " + " | ".join(KEYS) + " |\n|---" + "|---" * len(KEYS) + "|\n"
-    + f"| ours, baseline (SynthCrowd val, profile {record['profile']}, "
-      f"{record['config']['train']['iterations']} iterations) | "
-    + " | ".join(f"{100 * metrics[k]:.1f}" for k in KEYS) + " |\n"
+    + f"| ours, baseline (SynthCrowd val, profile {record['profile']}, {iterations} iterations, {device}) | "
+    + " | ".join(percent(metrics[k]) for k in KEYS) + " |\n"
     + "| paper, Table 6, baseline (CIHP val, ResNet-50-FPN) | 47.2 | 41.4 | 45.4 | 44.3 |"))
-if record["profile"] in ("smoke", "cpu") and ours["source"] == "run":
-    display(MarkdownTables(
-        f"**These are tiny-profile numbers** (`{record['profile']}`: a few training steps on a handful of small "
-        "synthetic images, trained while this page was built). They check that the pipeline runs end to end and "
-        "do not measure anything about the method; the gpu-profile run of the ladder is pending."))
+caveat = short_run_caveat(record["profile"], iterations, device, made_here=ours["source"] == "run")
+if caveat:
+    display(MarkdownTables(caveat))
 
 # %% [markdown]
 # The paper's columns are read from its Table 6, whose PDF extraction lists them out of order; we take the order that

@@ -47,7 +47,7 @@ from hparse.models.inference import paste_part_probs
 from hparse.models.parsing_rcnn import training_recipe
 from hparse.models.targets import parsing_targets
 from hparse.viz import draw_boxes, to_numpy_image
-from hparse.viz.topdown import MarkdownTables, fpn_levels, ladder_records, level_histogram, module_cost
+from hparse.viz.topdown import MarkdownTables, fpn_levels, ladder_records, ladder_table, level_histogram, module_cost
 
 profile = get_profile()
 seed_everything(0)
@@ -102,7 +102,8 @@ display(MarkdownTables(
     + ", ".join(f"{k} {100 * v / len(all_boxes):.0f}%" for k, v in hist_fpn.items()) + "."))
 
 # %% [markdown]
-# Most persons go to the coarse levels, as the paper argues for CIHP. How much spatial detail is left there? The
+# The shares above say where SynthCrowd's persons go at this image size (the paper argues that on CIHP most go to
+# P4–P5). Wherever the rule sends a person above P2, how much spatial detail is left there? The
 # number of feature cells a person covers is $(w/s)(h/s)$ at stride $s$: at the assigned level a person is typically a
 # handful of cells, which RoIAlign then *interpolates up* to 14×14 — no new detail can appear. On P2 the same person
 # covers 4–64 times as many cells.
@@ -305,22 +306,9 @@ display(MarkdownTables("| RoI side | GFLOPs per RoI (baseline head, 512-d) | × 
 start = time.perf_counter()
 ours = ladder_records(["baseline", "pss", "err"], profile, iterations={"smoke": 2}.get(profile.name))
 print(f"ladder records from {ours['source']} (profile {ours['profile']}), {time.perf_counter() - start:.1f} s")
-KEYS = ["mIoU", "APp50", "APpvol", "PCP50"]
-LABEL = {"baseline": "baseline (14×14, FPN levels)", "pss": "PSS (14×14, P2)", "err": "PSS + ERR (32×32, P2)"}
-rows = ["| ours | " + " | ".join(KEYS) + " | train images/s |", "|---" * (len(KEYS) + 2) + "|"]
-for rung, record in ours["records"].items():
-    m = record["metrics"]
-    rows.append(f"| {LABEL[rung]} | " + " | ".join(f"{100 * m[k]:.1f}" for k in KEYS)
-                + f" | {m['train_images_per_s']:.2f} |")
-record = ours["records"]["baseline"]
-display(MarkdownTables(f"Ours: SynthCrowd val, profile `{record['profile']}`, "
-                 f"{record['config']['train']['iterations']} iterations, {record['provenance']['device']}.\n\n"
-                 + "\n".join(rows)))
-if ours["source"] == "run" and ours["profile"] in ("smoke", "cpu"):
-    display(MarkdownTables(
-        f"**These are tiny-profile numbers** (`{ours['profile']}`, trained while this page was built): they show "
-        "that every rung trains and evaluates, and do not measure the components' value. The gpu-profile run of "
-        "the ladder is pending."))
+LABEL = {"baseline": "baseline (14×14, FPN levels)", "pss": "PSS (14×14, P2)",
+         "err": "PSS + ERR (32×32, P2, decoupled batch)"}
+display(MarkdownTables(ladder_table(ours, LABEL)))
 
 # %% [markdown]
 # The paper's numbers (CIHP val, ResNet-50-FPN, in %):

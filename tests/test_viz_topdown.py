@@ -10,9 +10,12 @@ from hparse.viz.topdown import (
     bilinear_label_crops,
     fpn_levels,
     ladder_records,
+    ladder_table,
     level_histogram,
     module_cost,
     nonlocal_attention,
+    percent,
+    short_run_caveat,
 )
 
 
@@ -94,3 +97,32 @@ def test_markdown_tables_render_tables_as_html():
     html = out._repr_html_()
     pytest.importorskip("markdown_it")
     assert "<table>" in html and "<td>2</td>" in html and "<strong>text</strong>" in html
+
+
+def test_percent_keeps_small_numbers_apart_and_marks_missing_ones():
+    assert percent(0.000123) == "0.01" and percent(0.0049) == "0.49" and percent(0.5) == "50.00"
+    assert percent(None) == "–" and percent(float("nan")) == "–"
+
+
+def test_every_table_of_ours_but_a_gpu_run_carries_the_caveat():
+    assert short_run_caveat("gpu", 12000, "H100") is None
+    text = short_run_caveat("cpu", 300, "cpu (x86_64)")
+    assert "`cpu` profile, 300 iterations" in text and "saved run" in text
+    assert "trained while this page was built" in short_run_caveat("smoke", 4, "cpu", made_here=True)
+
+
+def _record(profile, iterations, **metrics):
+    return {"profile": profile, "metrics": {"train_images_per_s": 1.5, **metrics},
+            "config": {"train": {"iterations": iterations}}, "provenance": {"device": "cpu (test)"}}
+
+
+def test_ladder_table_states_the_run_and_rows_in_label_order():
+    ladder = {"source": "results", "profile": "cpu", "records": {
+        "pss": _record("cpu", 300, mIoU=0.2, APp50=None), "baseline": _record("cpu", 300, mIoU=0.1, APp50=0.0004)}}
+    text = ladder_table(ladder, {"baseline": "base", "pss": "+ PSS"}, keys=("mIoU", "APp50"))
+    lines = text.splitlines()
+    assert "profile `cpu`, 300 iterations per rung, cpu (test) (read from results/)" in lines[0]
+    assert lines[4] == "| base | 10.00 | 0.04 | 1.50 |" and lines[5] == "| + PSS | 20.00 | – | 1.50 |"
+    assert "Short-run numbers" in text
+    gpu = {"source": "results", "profile": "gpu", "records": {"baseline": _record("gpu", 12000, mIoU=0.6)}}
+    assert "Short-run" not in ladder_table(gpu, {"baseline": "base"}, keys=("mIoU",))

@@ -12,7 +12,9 @@ and that belong beside the package rather than in a notebook live here:
   (its forward call fuses them into ``scaled_dot_product_attention`` and never materialises them);
 - :class:`MarkdownTables`: Markdown output whose pipe tables render as tables on the static page too;
 - :func:`ladder_records`: the Table 6 ladder's results: read from ``results/`` when a real run exists, else trained
-  right now at the current profile's size.
+  right now at the current profile's size; :func:`ladder_table` puts them in a table;
+- :func:`percent` and :func:`short_run_caveat`: how the chapters print our metrics, and the warning every table of
+  ours carries unless it comes from a gpu-profile run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
 __all__ = ["fpn_levels", "level_histogram", "bilinear_label_crops", "module_cost", "nonlocal_attention",
-           "ladder_records", "MarkdownTables"]
+           "ladder_records", "ladder_table", "percent", "short_run_caveat", "MarkdownTables"]
 
 
 def fpn_levels(boxes: torch.Tensor, canonical_scale: int, k_min: int = 2, k_max: int = 5,
@@ -186,6 +188,62 @@ def ladder_records(rungs: Sequence[str], profile, *, run_missing: bool = True, i
         records = {r: load_result(n, profile.name) for r, n in names.items()}
     log_dirs = {r: out_root / "runs" / profile.name / r for r in rungs}
     return {"records": records, "source": "run", "profile": profile.name, "log_dirs": log_dirs}
+
+
+def percent(value: float | None) -> str:
+    """A metric (a fraction) as a percentage with two decimals, so that small early-training numbers stay
+    distinguishable; "–" for a missing value (``None`` or NaN, e.g. AP without ground-truth persons)."""
+    if value is None or value != value:
+        return "–"
+    return f"{100 * value:.2f}"
+
+
+def short_run_caveat(profile: str, iterations: int, device: str, made_here: bool = False) -> str | None:
+    """The warning that goes under a table of our numbers unless they come from a gpu-profile run.
+
+    Args:
+        profile: the profile of the run (``record["profile"]``).
+        iterations: its training iterations (``record["config"]["train"]["iterations"]``).
+        device: where it ran (``record["provenance"]["device"]``).
+        made_here: the run was made while the page was built (rather than read from ``results/``).
+
+    Returns:
+        Markdown, or ``None`` for a gpu-profile run.
+    """
+    if profile == "gpu":
+        return None
+    where = "trained while this page was built" if made_here else "a saved run from `results/`"
+    return (f"**Short-run numbers** (`{profile}` profile, {iterations} iterations from random weights, {device}; "
+            f"{where}). Models this far from trained have barely begun to learn, so the table shows that every "
+            "variant trains and evaluates end to end; it does not measure what each component is worth, and one "
+            "seed of a run this short cannot tell which row is better. The comparison with the paper needs the "
+            "gpu-profile run.")
+
+
+def ladder_table(ladder: dict, labels: dict[str, str], keys: Sequence[str] = ("mIoU", "APp50", "APpvol", "PCP50")
+                 ) -> str:
+    """Our ladder rungs as a Markdown table (percentages, training throughput), with where they come from.
+
+    Args:
+        ladder: what :func:`ladder_records` returns.
+        labels: display name of each rung, in table order.
+        keys: metrics to show.
+
+    Returns:
+        Markdown: a line naming the run (profile, iterations, device), the table, and :func:`short_run_caveat`.
+    """
+    records = ladder["records"]
+    first = next(iter(records.values()))
+    iterations, device = first["config"]["train"]["iterations"], first["provenance"]["device"]
+    rows = ["| ours | " + " | ".join(keys) + " | train images/s |", "|---" * (len(keys) + 2) + "|"]
+    for rung, label in labels.items():
+        metrics = records[rung]["metrics"]
+        rows.append(f"| {label} | " + " | ".join(percent(metrics.get(k)) for k in keys)
+                    + f" | {metrics['train_images_per_s']:.2f} |")
+    caveat = short_run_caveat(first["profile"], iterations, device, made_here=ladder["source"] == "run")
+    return (f"Ours: SynthCrowd val, profile `{first['profile']}`, {iterations} iterations per rung, {device} "
+            f"({'trained while this page was built' if ladder['source'] == 'run' else 'read from results/'}).\n\n"
+            + "\n".join(rows) + (f"\n\n{caveat}" if caveat else ""))
 
 
 class MarkdownTables:
