@@ -212,7 +212,7 @@ def _check_same_schedule(path: Path, checkpoint: dict, requested: LRSchedule) ->
         what = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in differ.items())
         raise ValueError(f"checkpoint {path} was trained with another learning-rate schedule ({what}); resuming it "
                          "would not follow the requested one. Train with the run's own settings to continue it, or "
-                         "use a new out_dir (or resume=False) to start afresh")
+                         "use a new out_dir (or resume=False; --no-resume on the command line) to start afresh")
 
 
 # ------------------------------------------------------------------------------------------------------ train
