@@ -240,6 +240,33 @@ def test_transform_and_stages():
     np.testing.assert_allclose(stages["final"].transpose(2, 0, 1), plain[0]["image"].numpy(), atol=1e-6)
 
 
+def _textbook_blur(x: np.ndarray) -> np.ndarray:
+    """The [1, 2, 1] / 4 blur of an (H, W) array written the obvious way, axis by axis."""
+    y = x.copy()
+    y[1:-1] = x[1:-1] * 0.5 + (x[:-2] + x[2:]) * 0.25
+    z = y.copy()
+    z[:, 1:-1] = y[:, 1:-1] * 0.5 + (y[:, :-2] + y[:, 2:]) * 0.25
+    return z
+
+
+def test_fast_shading_steps_round_exactly_like_the_textbook_ones():
+    from hparse.data.synth_render import _blur, _edge_darkening
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-0.2, 1.2, (3, 37, 29)).astype(np.float32)
+    blurred = _blur(image)
+    for ch in range(3):  # bit for bit, not just close
+        assert blurred[ch].tobytes() == _textbook_blur(image[ch]).tobytes()
+    code = rng.integers(0, 4, (31, 23)).astype(np.int32) * 1024
+    edge = np.zeros(code.shape, np.float32)
+    edge[:, 1:] += code[:, 1:] != code[:, :-1]
+    edge[:, :-1] += code[:, 1:] != code[:, :-1]
+    edge[1:] += code[1:] != code[:-1]
+    edge[:-1] += code[1:] != code[:-1]
+    expected = 1 - 0.23 * _textbook_blur(np.minimum(edge, 1.0))
+    assert _edge_darkening(code, 0.23).tobytes() == expected.tobytes()
+
+
 def test_cli_preview_writes_a_png(tmp_path, capsys):
     out = tmp_path / "grid.png"
     code = main(["data", "preview", "--dataset", "synth", "--out", str(out), "--num", "2", "--image-size", "64"])

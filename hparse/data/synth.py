@@ -22,10 +22,11 @@ from .labels import CIHP_LABELS, LabelSet
 from .synth_render import (
     KEYPOINT_SEGMENTS,
     POSES,
+    SEGMENT_SHIFT,
+    SLOT_SHIFT,
     VIEWS,
     Raster,
     Scene,
-    decode,
     rasterize,
     sample_scene,
     shade,
@@ -167,20 +168,29 @@ class SynthCrowd(Dataset):
 
     def _to_contract(self, index: int, scene: Scene, raster: Raster, image: np.ndarray) -> dict:
         size = self.image_size
-        slot, segment, label = decode(raster.code)
+        code = raster.code
+        slot = code >> SLOT_SHIFT  # (segments and labels are decoded where needed: at keypoints, and below)
         num = len(scene.people)
-        masks = [slot == k + 1 for k in range(num)]
-        visible = np.array([np.count_nonzero(m) for m in masks], dtype=np.int64)
+        # Person k's visible pixels lie inside their amodal box (nobody else draws their slot), so each person is
+        # looked for in that window only, not in the whole image.
+        visible = np.zeros(num, dtype=np.int64)
+        boxes = np.zeros((num, 4), dtype=np.float32)
+        for k, (bx0, by0, bx1, by1) in enumerate(raster.amodal_boxes.tolist()):
+            x0, y0 = max(int(bx0), 0), max(int(by0), 0)
+            mine = slot[y0:max(int(by1), y0), x0:max(int(bx1), x0)] == k + 1
+            visible[k] = np.count_nonzero(mine)
+            if visible[k]:
+                rows, cols = np.flatnonzero(mine.any(1)), np.flatnonzero(mine.any(0))
+                boxes[k] = (cols[0] + x0, rows[0] + y0, cols[-1] + x0 + 1, rows[-1] + y0 + 1)
         kept = [k for k in range(num) if visible[k] > 0]
-        renumber = np.zeros(num + 1, dtype=np.int64)
-        renumber[[k + 1 for k in kept]] = np.arange(1, len(kept) + 1)
-        instances = renumber[slot]
-
-        boxes = np.zeros((len(kept), 4), dtype=np.float32)
-        for row, k in enumerate(kept):
-            rows, cols = np.flatnonzero(masks[k].any(1)), np.flatnonzero(masks[k].any(0))
-            boxes[row] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-        keypoints = self._keypoints(raster.keypoints[kept], np.array(kept) + 1, slot, segment)
+        boxes = boxes[kept]
+        if len(kept) == num:  # nobody dropped: ids stay the slots
+            instances = slot.astype(np.int64)
+        else:
+            renumber = np.zeros(num + 1, dtype=np.int64)
+            renumber[[k + 1 for k in kept]] = np.arange(1, len(kept) + 1)
+            instances = renumber[slot]
+        keypoints = self._keypoints(raster.keypoints[kept], np.array(kept) + 1, code)
 
         people = [scene.people[k] for k in kept]
         in_image = raster.amodal_in_image
@@ -215,22 +225,23 @@ class SynthCrowd(Dataset):
         }
         return {
             "image": torch.from_numpy(image),
-            "semantic": torch.from_numpy(label.astype(np.int64)),
+            "semantic": torch.from_numpy((code & 31).astype(np.int64)),  # the label bits of the code
             "instances": torch.from_numpy(instances),
             "boxes": torch.from_numpy(boxes),
             "keypoints": torch.from_numpy(keypoints),
             "meta": meta,
         }
 
-    def _keypoints(self, kps: np.ndarray, slot_ids: np.ndarray, slot: np.ndarray, segment: np.ndarray) -> np.ndarray:
-        """(N, 17, 4) projected keypoints -> (N, 17, 3) x, y, v with visibility read off the z-buffer."""
+    def _keypoints(self, kps: np.ndarray, slot_ids: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """(N, 17, 4) projected keypoints -> (N, 17, 3) x, y, v with visibility read off the z-buffer ``code``."""
         size = self.image_size
         x, y = kps[..., 0], kps[..., 1]
         inside = (x >= 0) & (x < size) & (y >= 0) & (y < size)
         px = np.clip(np.floor(x), 0, size - 1).astype(np.int64)
         py = np.clip(np.floor(y), 0, size - 1).astype(np.int64)
-        own = slot[py, px] == slot_ids.reshape(-1, 1)
-        own &= _KEYPOINT_ALLOWED[np.arange(17), segment[py, px]] & (kps[..., 3] == 0)
+        under = code[py, px]  # the code of the pixel under each keypoint
+        own = (under >> SLOT_SHIFT) == slot_ids.reshape(-1, 1)
+        own &= _KEYPOINT_ALLOWED[np.arange(17), (under >> SEGMENT_SHIFT) & 31] & (kps[..., 3] == 0)
         v = np.where(inside, np.where(own, 2.0, 1.0), 0.0)
         out = np.stack([np.where(inside, x, 0.0), np.where(inside, y, 0.0), v], axis=-1)
         return out.astype(np.float32).reshape(len(kps), 17, 3)

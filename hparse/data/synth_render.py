@@ -139,15 +139,15 @@ class Draws:
 
     def __init__(self, rng: np.random.Generator, block: int = 256):
         self.rng, self.block = rng, block
-        self.buffer: list[float] = []
-        self.pos = 0
+        self._next = iter(()).__next__  # serves the current block; empty until the first draw
 
     def random(self) -> float:
         """One uniform number in [0, 1)."""
-        if self.pos == len(self.buffer):
-            self.buffer, self.pos = self.rng.random(self.block).tolist(), 0
-        self.pos += 1
-        return self.buffer[self.pos - 1]
+        try:  # (a list iterator is the cheapest way to serve the block: hundreds of draws per image)
+            return self._next()
+        except StopIteration:
+            self._next = iter(self.rng.random(self.block).tolist()).__next__
+            return self._next()
 
     def uniform(self, lo: float = 0.0, hi: float = 1.0, size: int | None = None):
         """A float in [lo, hi), or an array of ``size`` of them."""
@@ -260,6 +260,12 @@ SKIN_KEY = 0  # Person.patterns[SKIN_KEY] is the skin (face, arms, legs, neck, t
 _PATTERN_PROBS = (0.45, 0.22, 0.13, 0.20)
 
 
+def _clip(x: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """``np.clip(x, lo, hi)`` for the few-number arrays of scene sampling, where ``np.clip``'s Python-level wrapper
+    costs more than the work. (Equal to ``np.clip`` but for NaN and negative zero, which never reach it here.)"""
+    return np.minimum(np.maximum(x, lo), hi)
+
+
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     """HSV in [0, 1] -> RGB (3,) float32."""
     i = int(h * 6) % 6
@@ -272,8 +278,8 @@ def _cloth_colour(rng: Draws) -> np.ndarray:
     """A clothing colour: a neutral (black, white, grey), a denim blue, or any hue."""
     r = rng.random()
     if r < 0.22:  # neutrals: black, white, greys
-        return np.full(3, _pick(rng, (0.08, 0.15, 0.35, 0.6, 0.85, 0.95)) + rng.uniform(-0.04, 0.04),
-                       dtype=np.float32).clip(0, 1)
+        return _clip(np.full(3, _pick(rng, (0.08, 0.15, 0.35, 0.6, 0.85, 0.95)) + rng.uniform(-0.04, 0.04),
+                             dtype=np.float32))
     if r < 0.32:  # denim
         return _hsv_to_rgb(rng.uniform(0.57, 0.63), rng.uniform(0.35, 0.7), rng.uniform(0.25, 0.65))
     return _hsv_to_rgb(rng.random(), rng.uniform(0.15, 0.9), rng.uniform(0.2, 0.95))
@@ -283,7 +289,7 @@ def _any_colour(rng: Draws) -> np.ndarray:
     """A colour from the people's own distributions (skin, hair, clothing): what clutter is painted with."""
     r = rng.random()
     if r < 0.25:
-        return (_SKIN[rng.integers(len(_SKIN))] + rng.uniform(-0.04, 0.04, 3)).clip(0, 1).astype(np.float32)
+        return _clip(_SKIN[rng.integers(len(_SKIN))] + rng.uniform(-0.04, 0.04, 3)).astype(np.float32)
     if r < 0.4:
         return _HAIR[rng.integers(len(_HAIR))].copy()
     return _cloth_colour(rng)
@@ -307,7 +313,7 @@ def _pattern(rng: Draws, colour: np.ndarray, scale_px: float, kinds=_PATTERN_PRO
     kind = _pick(rng, (PLAIN, STRIPES, CHECKS, MOTTLED), kinds)
     contrast = rng.uniform(0.25, 0.6) if kind == MOTTLED else rng.uniform(0.3, 0.8)
     second = _cloth_colour(rng) if rng.random() < 0.5 else colour * (1 - contrast) + (rng.random() > 0.5) * contrast
-    return Pattern(colour=colour.astype(np.float32), colour2=np.asarray(second, dtype=np.float32).clip(0, 1),
+    return Pattern(colour=colour.astype(np.float32), colour2=_clip(np.asarray(second, dtype=np.float32)),
                    kind=kind, period=max(2.5, scale_px * rng.uniform(0.025, 0.07)),
                    angle=rng.uniform(0, math.pi), phase=rng.uniform(0, 2 * math.pi))
 
@@ -344,7 +350,7 @@ def sample_person(rng: np.random.Generator | Draws, pose: str | None = None, vie
         yaw = {"front": 0.0, "back": math.pi, "side": side * math.pi / 2}[view] + jitter
     angles = _sample_angles(pose, rng)
 
-    skin = (_SKIN[rng.integers(len(_SKIN))] + rng.uniform(-0.03, 0.03, 3)).clip(0, 1).astype(np.float32)
+    skin = _clip(_SKIN[rng.integers(len(_SKIN))] + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
     hair = _HAIR[rng.integers(len(_HAIR))]
     upper = _pick(rng, ("tshirt", "longsleeve", "tank", "coat", "dress"), (0.32, 0.22, 0.12, 0.18, 0.16))
     lower = "dress" if upper == "dress" else _pick(rng, ("pants", "shorts", "skirt"), (0.6, 0.2, 0.2))
@@ -377,7 +383,7 @@ def sample_person(rng: np.random.Generator | Draws, pose: str | None = None, vie
              SCARF: (0.3, 0.4, 0.3, 0.0), SOCKS: (0.6, 0.4, 0.0, 0.0)}
     patterns = {
         SKIN_KEY: Pattern(skin, skin * 0.9, MOTTLED, 6.0),
-        HAIR: Pattern(hair, (hair * 0.7 + 0.05).clip(0, 1), STRIPES, 3.0, rng.uniform(1.2, 1.9)),
+        HAIR: Pattern(hair, _clip(hair * 0.7 + 0.05), STRIPES, 3.0, rng.uniform(1.2, 1.9)),
         GLOVE: Pattern(_cloth_colour(rng), np.zeros(3, np.float32)),
         L_SHOE: Pattern(_shoe_colour(rng), np.zeros(3, np.float32)),
         SUNGLASSES: Pattern(np.array([0.05, 0.05, 0.07], np.float32) + rng.uniform(0, 0.1), np.zeros(3, np.float32)),
@@ -445,15 +451,13 @@ def person_joints(person: Person) -> dict[str, tuple[float, float, float]]:
     return {name: (l, u - lowest, f) for name, (l, u, f) in j.items()}
 
 
-def _project(person: Person, joints: dict[str, tuple]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def _project(person: Person, joints: dict[str, tuple]) -> tuple[dict[str, tuple], dict[str, float]]:
     """Orthographic projection after a yaw: image (x, y) in pixels and depth z (towards the camera, height units)."""
     c, s = math.cos(person.yaw), math.sin(person.yaw)
-    h = person.height
-    names = list(joints)
-    lufs = np.array([joints[n] for n in names])  # (J, 3)
-    pts = np.stack([person.x + h * (lufs[:, 0] * c + lufs[:, 2] * s), person.ground - h * lufs[:, 1]], axis=1)
-    depth = (-lufs[:, 0] * s + lufs[:, 2] * c).tolist()
-    return dict(zip(names, pts)), dict(zip(names, depth))
+    h, x0, y0 = person.height, person.x, person.ground
+    xy = {name: (x0 + h * (l * c + f * s), y0 - h * u) for name, (l, u, f) in joints.items()}
+    depth = {name: -l * s + f * c for name, (l, u, f) in joints.items()}
+    return xy, depth
 
 
 def person_keypoints(person: Person, projected: tuple[dict, dict] | None = None) -> np.ndarray:
@@ -481,6 +485,17 @@ _CIRCLE = np.linspace(0, 2 * math.pi, 18, endpoint=False)
 _CIRCLE_COS, _CIRCLE_SIN = np.cos(_CIRCLE), np.sin(_CIRCLE)
 
 
+def _offset(p: tuple, a: tuple, b: tuple, t: float) -> tuple[float, float]:
+    """``p + t (b - a)`` for 2-D points as plain float pairs (a person's parts need ~100 of these; numpy would
+    cost more than the arithmetic)."""
+    return p[0] + (b[0] - a[0]) * t, p[1] + (b[1] - a[1]) * t
+
+
+def _shift(p: tuple, dx: float, dy: float) -> tuple[float, float]:
+    """``p + (dx, dy)``."""
+    return p[0] + dx, p[1] + dy
+
+
 def capsule(p1, p2, r1: float, r2: float, round1: float = 1.0, round2: float = 1.0) -> np.ndarray:
     """Polygon (12, 2) of a tapered capsule from ``p1`` (radius ``r1``) to ``p2`` (radius ``r2``).
 
@@ -493,15 +508,23 @@ def capsule(p1, p2, r1: float, r2: float, round1: float = 1.0, round2: float = 1
     dx, dy = (dx / length, dy / length) if length > 1e-9 else (0.0, 1.0)
     # Cap around p2 from -n through +d to +n, then around p1 from +n through -d to -n (n = d turned by 90 deg):
     # one (12, 6) @ (6, 2) product of cap cosines/sines with the cap axes and the end points.
-    return _CAPSULE_BASIS @ np.array([[r2 * round2 * dx, r2 * round2 * dy], [-r2 * dy, r2 * dx], [x2, y2],
-                                      [-r1 * round1 * dx, -r1 * round1 * dy], [r1 * dy, -r1 * dx], [x1, y1]])
+    axes = np.array([r2 * round2 * dx, r2 * round2 * dy,  # p2's cap along d
+                     -r2 * dy, r2 * dx,  # p2's cap along n
+                     x2, y2,
+                     -r1 * round1 * dx, -r1 * round1 * dy,  # p1's cap along -d
+                     r1 * dy, -r1 * dx,  # p1's cap along -n
+                     x1, y1]).reshape(6, 2)  # (a flat list converts faster than a nested one)
+    return _CAPSULE_BASIS.dot(axes)  # (the same product as ``@``, with less call overhead)
 
 
 def ellipse(centre, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
     """Polygon (18, 2) of an ellipse with semi-axes ``rx``, ``ry`` rotated by ``angle`` (radians)."""
     c, s = math.cos(angle), math.sin(angle)
     x, y = rx * _CIRCLE_COS, ry * _CIRCLE_SIN
-    return np.stack([centre[0] + c * x - s * y, centre[1] + s * x + c * y], axis=1)
+    out = np.empty((len(x), 2))
+    out[:, 0] = centre[0] + c * x - s * y
+    out[:, 1] = centre[1] + s * x + c * y
+    return out
 
 
 def hull_quad(a, b, c, d) -> np.ndarray:
@@ -529,7 +552,8 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
     Depth keys: a primitive's key is ``(z, sub_order)`` with ``z`` the mean depth of the joints it spans (towards
     the camera is larger). Limbs get a small bias (arms slightly in front of the torso, legs slightly behind), so a
     front view draws arms over the torso's edges and the pelvis garment over the top of the thighs; a side view puts
-    the near arm in front of the torso and the far arm behind it.
+    the near arm in front of the torso and the far arm behind it. Points are plain ``(x, y)`` float pairs until they
+    become polygons (see :func:`_offset`).
     """
     xy, z = _project(person, person_joints(person))
     h = person.height
@@ -544,37 +568,37 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
     # ---- torso: skin, neck, pelvis garment, upper garment, neckline, scarf (segment torso / pelvis)
     wsh = h * (_SHOULDER_W * w * abs(cy) + _TORSO_D * w * abs(sy))  # projected half-widths
     whip = h * (_HIP_W * w * abs(cy) + _TORSO_D * 0.9 * w * abs(sy))
-    top = xy["neck"] + (xy["neck"] - xy["pelvis"]) * 0.02
+    top = _offset(xy["neck"], xy["pelvis"], xy["neck"], 0.02)
     pelvis = xy["pelvis"]
+
+    def spine(t: float) -> tuple[float, float]:  # the point a fraction t of the way from the top to the pelvis
+        return _offset(top, top, pelvis, t)
+
     if o["crop_top"]:  # bare skin under the garment shows only below a cropped top
         add(0.0, 0.0, "torso", TORSO_SKIN, capsule(top, pelvis, wsh * 1.02, whip, 0.35, 0.3))
     add(0.0, 0.5, "torso", TORSO_SKIN, capsule(xy["neck"], xy["head"], h * 0.026 * w, h * 0.026 * w, 0.0, 0.5))
     upper, lower = o["upper"], o["lower"]
     garment = {"dress": DRESS, "coat": COAT}.get(upper, UPPER)
-    spine_len = pelvis - top
     if lower in ("pants", "shorts"):
-        waist = top + spine_len * 0.82
-        add(0.0, 1.0, "pelvis", PANTS, capsule(waist, pelvis + (pelvis - top) * 0.05, whip * 1.08, whip * 1.05,
-                                                0.0, 0.6))
-    hem_t = 0.8 if o["crop_top"] else 1.02
-    hem = top + spine_len * hem_t
-    add(0.0, 2.0, "torso", garment, capsule(top + spine_len * 0.01, hem, wsh * 1.08, whip * 1.1, 0.4, 0.0))
+        add(0.0, 1.0, "pelvis", PANTS, capsule(spine(0.82), _offset(pelvis, top, pelvis, 0.05), whip * 1.08,
+                                                whip * 1.05, 0.0, 0.6))
+    hem = spine(0.8 if o["crop_top"] else 1.02)
+    add(0.0, 2.0, "torso", garment, capsule(spine(0.01), hem, wsh * 1.08, whip * 1.1, 0.4, 0.0))
     front = cy > 0.3  # the chest faces the camera
     if upper == "coat" and o["coat_open"] and front:
         # An open coat shows the shirt beneath: a strip down the middle.
-        strip = capsule(top + spine_len * 0.06, hem, wsh * 0.35 * cy, whip * 0.35 * cy, 0.0, 0.0)
+        strip = capsule(spine(0.06), hem, wsh * 0.35 * cy, whip * 0.35 * cy, 0.0, 0.0)
         add(0.0, 2.5, "torso", UPPER, strip)
     if o["v_neck"] and front:
-        tip = top + spine_len * 0.22
-        add(0.0, 3.0, "torso", TORSO_SKIN, np.array([top + np.array([-wsh * 0.35 * cy, 0.0]), tip,
-                                                      top + np.array([wsh * 0.35 * cy, 0.0])]))
+        add(0.0, 3.0, "torso", TORSO_SKIN, np.array([_shift(top, -wsh * 0.35 * cy, 0.0), spine(0.22),
+                                                      _shift(top, wsh * 0.35 * cy, 0.0)]))
     if o["scarf"]:
-        add(0.0, 4.0, "torso", SCARF, capsule(top + np.array([-wsh * 0.55, 0.0]), top + np.array([wsh * 0.55, 0.0]),
+        add(0.0, 4.0, "torso", SCARF, capsule(_shift(top, -wsh * 0.55, 0.0), _shift(top, wsh * 0.55, 0.0),
                                               h * 0.025, h * 0.025))
         if cy > -0.3:
             tail_x = sy * wsh * 0.3
-            add(0.0, 4.1, "torso", SCARF, capsule(top + np.array([tail_x, 0.0]),
-                                                  top + spine_len * 0.45 + np.array([tail_x + wsh * 0.1, 0.0]),
+            add(0.0, 4.1, "torso", SCARF, capsule(_shift(top, tail_x, 0.0),
+                                                  _shift(spine(0.45), tail_x + wsh * 0.1, 0.0),
                                                   h * 0.018, h * 0.022, 1.0, 0.0))
 
     # ---- skirts, dresses, coat tails: a flared hull from the waist to a hem along the thighs (segment pelvis)
@@ -583,16 +607,16 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
         tail = (COAT, o["coat_len"])
     if tail is not None:
         label, t = tail
-        hem_l = xy["left_hip"] + (xy["left_knee"] - xy["left_hip"]) * t
-        hem_r = xy["right_hip"] + (xy["right_knee"] - xy["right_hip"]) * t
+        hem_l = _offset(xy["left_hip"], xy["left_hip"], xy["left_knee"], t)
+        hem_r = _offset(xy["right_hip"], xy["right_hip"], xy["right_knee"], t)
         if t > 1.0:  # long: continue down the shins
-            hem_l = xy["left_knee"] + (xy["left_ankle"] - xy["left_knee"]) * (t - 1.0)
-            hem_r = xy["right_knee"] + (xy["right_ankle"] - xy["right_knee"]) * (t - 1.0)
+            hem_l = _offset(xy["left_knee"], xy["left_knee"], xy["left_ankle"], t - 1.0)
+            hem_r = _offset(xy["right_knee"], xy["right_knee"], xy["right_ankle"], t - 1.0)
         lo, hi = (hem_l, hem_r) if hem_l[0] <= hem_r[0] else (hem_r, hem_l)
         flare = whip * (0.35 + 0.35 * min(t, 1.2)) + h * 0.02
-        waist = top + spine_len * (0.78 if label != COAT else 0.85)
-        poly = np.array([waist + np.array([-whip * 1.08, 0.0]), lo + np.array([-flare, h * 0.01]),
-                         hi + np.array([flare, h * 0.01]), waist + np.array([whip * 1.08, 0.0])])
+        waist = spine(0.78 if label != COAT else 0.85)
+        poly = np.array([_shift(waist, -whip * 1.08, 0.0), _shift(lo, -flare, h * 0.01),
+                         _shift(hi, flare, h * 0.01), _shift(waist, whip * 1.08, 0.0)])
         tz = max(z["left_knee"], z["right_knee"], z["left_hip"], z["right_hip"], 0.0) + 0.001
         add(tz, 0.0, "pelvis", label, poly)
 
@@ -609,7 +633,7 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
         if sleeve > 0:
             cover = min(sleeve, 1.0)
             add(zu, 1.0, f"{side}_upper_arm", garment,
-                capsule(sh, sh + (el - sh) * min(cover * 1.0 + 0.05, 1.0), r_up * 1.35, r_up * 1.25, 1.0, 0.0))
+                capsule(sh, _offset(sh, sh, el, min(cover * 1.0 + 0.05, 1.0)), r_up * 1.35, r_up * 1.25, 1.0, 0.0))
             if sleeve >= 1.0:
                 add(zf, 1.0, f"{side}_forearm", garment, capsule(el, wr, r_up * 1.2, r_fore * 1.2, 1.0, 0.0))
         hand_label = GLOVE if o["gloves"] else arm_label
@@ -625,16 +649,16 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
             add(zt, 0.0, f"{side}_thigh", leg_label, capsule(hip, knee, r_th, r_kn))
             add(zs, 0.0, f"{side}_shin", leg_label, capsule(knee, ankle, r_kn, r_an))
         if o["socks"] and lower != "pants":
-            add(zs, 1.0, f"{side}_shin", SOCKS, capsule(ankle + (knee - ankle) * 0.35, ankle, r_an * 1.15,
+            add(zs, 1.0, f"{side}_shin", SOCKS, capsule(_offset(ankle, ankle, knee, 0.35), ankle, r_an * 1.15,
                                                         r_an * 1.15, 0.0, 1.0))
         if lower == "pants":
             add(zt, 2.0, f"{side}_thigh", PANTS, capsule(hip, knee, r_th * 1.15, r_kn * 1.25))
             add(zs, 2.0, f"{side}_shin", PANTS, capsule(knee, ankle, r_kn * 1.25, r_an * 1.45, 1.0, 0.0))
         elif lower == "shorts":
-            add(zt, 2.0, f"{side}_thigh", PANTS, capsule(hip, hip + (knee - hip) * o["shorts_len"], r_th * 1.2,
+            add(zt, 2.0, f"{side}_thigh", PANTS, capsule(hip, _offset(hip, hip, knee, o["shorts_len"]), r_th * 1.2,
                                                          r_th * 1.15, 1.0, 0.0))
         # shoe: a capsule from heel to toe; seen from the front it shortens into a blob
-        heel = ankle + (ankle - toe) * 0.2 + np.array([0.0, h * 0.012])
+        heel = _shift(_offset(ankle, toe, ankle, 0.2), 0.0, h * 0.012)
         add(z[f"{side}_ankle"] - 0.015, 0.0, f"{side}_foot", shoe_label,
             capsule(heel, toe, h * 0.026, h * 0.022))
 
@@ -663,32 +687,31 @@ def person_primitives(person: Person) -> tuple[list[Primitive], np.ndarray]:
     if o["hair"] == "long":
         hz = z["head"] - 0.05 * cy
         length = h * (0.16 + 0.1 * (hp - 0.92))
-        add(hz, -1.0, "hair_back", HAIR, capsule(c + np.array([-fx * rx * 0.3, 0.0]),
-                                                 c + np.array([-fx * rx * 0.6, length]), rx * 1.1, rx * 0.8,
-                                                 1.0, 0.6))
+        add(hz, -1.0, "hair_back", HAIR, capsule(_shift(c, -fx * rx * 0.3, 0.0), _shift(c, -fx * rx * 0.6, length),
+                                                 rx * 1.1, rx * 0.8, 1.0, 0.6))
     hz = z["head"] + 0.06
     if o["hair"] != "bald":
-        add(hz, 0.0, "head", HAIR, ellipse(c + np.array([-fx * rx * 0.12, -ry * 0.1]), rx * 1.06, ry * 1.02))
+        add(hz, 0.0, "head", HAIR, ellipse(_shift(c, -fx * rx * 0.12, -ry * 0.1), rx * 1.06, ry * 1.02))
     else:
         add(hz, 0.0, "head", FACE, ellipse(c, rx, ry))
     face_amount = (cy + 0.35) / 1.35  # 1 facing the camera, 0 from behind
     if face_amount > 0.05:
-        fc = c + np.array([fx * rx * 0.32, ry * 0.12])
+        fc = _shift(c, fx * rx * 0.32, ry * 0.12)
         add(hz, 1.0, "head", FACE, ellipse(fc, rx * (0.45 + 0.45 * face_amount), ry * 0.86))
         if abs(fx) > 0.5:  # profile: the nose and chin stick out on the facing side
-            add(hz, 1.1, "head", FACE, ellipse(c + np.array([fx * rx * 0.9, ry * 0.2]), rx * 0.22, ry * 0.22))
+            add(hz, 1.1, "head", FACE, ellipse(_shift(c, fx * rx * 0.9, ry * 0.2), rx * 0.22, ry * 0.22))
         if o["hair"] != "bald" and cy > 0.2:
-            add(hz, 2.0, "head", HAIR, ellipse(c + np.array([fx * rx * 0.1, -ry * 0.72]), rx * 0.92, ry * 0.32))
+            add(hz, 2.0, "head", HAIR, ellipse(_shift(c, fx * rx * 0.1, -ry * 0.72), rx * 0.92, ry * 0.32))
         if o["sunglasses"] and cy > -0.1:
             eye_y = c[1] - ry * 0.08
             gw = rx * (0.3 + 0.5 * max(cy, 0.0))
             gx = c[0] + fx * rx * 0.45
             add(hz, 3.0, "head", SUNGLASSES, capsule((gx - gw, eye_y), (gx + gw, eye_y), ry * 0.17, ry * 0.17))
     if o["hat"]:
-        crown = c + np.array([0.0, -ry * 0.45])
-        add(hz, 4.0, "head", HAT, capsule(crown + np.array([-rx * 1.05, 0.0]), crown + np.array([rx * 1.05, 0.0]),
+        crown = _shift(c, 0.0, -ry * 0.45)
+        add(hz, 4.0, "head", HAT, capsule(_shift(crown, -rx * 1.05, 0.0), _shift(crown, rx * 1.05, 0.0),
                                           ry * 0.12, ry * 0.12))
-        add(hz, 4.1, "head", HAT, ellipse(crown + np.array([0.0, -ry * 0.2]), rx * 0.95, ry * 0.55))
+        add(hz, 4.1, "head", HAT, ellipse(_shift(crown, 0.0, -ry * 0.2), rx * 0.95, ry * 0.55))
     prims.sort(key=_primitive_key)
     return prims, person_keypoints(person, (xy, z))
 
@@ -774,12 +797,12 @@ def _place(people: list[Person], rng: Draws, size: int, crowding: float, candida
         height = size * 0.2 * (0.95 / 0.2) ** d * rng.uniform(0.93, 1.07)
         ground = size * (0.5 + 0.58 * d + rng.uniform(-0.04, 0.04))
         # a person may be cut by the left or right edge, but their torso's centre line stays near the image
-        xs = np.clip(rng.uniform(-0.08, 1.08, candidates) * size, -0.06 * height, size + 0.06 * height)
+        xs = _clip(rng.uniform(-0.08, 1.08, candidates) * size, -0.06 * height, size + 0.06 * height)
         half = height * (0.15 if person.view == "side" else 0.2)
         top = ground - height * (0.75 if person.pose == "sitting" else 1.0)
         score = np.zeros(candidates)
         for bx1, by1, bx2, by2 in placed:
-            iw = (np.minimum(xs + half, bx2) - np.maximum(xs - half, bx1)).clip(min=0)
+            iw = np.maximum(np.minimum(xs + half, bx2) - np.maximum(xs - half, bx1), 0.0)
             ih = max(min(ground, by2) - max(top, by1), 0.0)
             score += iw * ih / (2 * half * (ground - top))
         best = int(np.argmin(np.abs(np.minimum(score, 1.5) - target)))
@@ -891,24 +914,28 @@ def rasterize(scene: Scene, people: list[int] | None = None, clutter: bool = Tru
         prims, kps = person_primitives(scene.people[k])
         keypoints[k] = kps
         slot = (k + 1) << SLOT_SHIFT
+        every = np.concatenate([prim.polygon for prim in prims])
+        flat, start = poly(every), 0  # all of the person's vertices converted at once, then sliced per part
         for prim in prims:
             fill = (SEAT_SEGMENT << SEGMENT_SHIFT if prim.segment == SEAT_SEGMENT
                     else slot | prim.segment << SEGMENT_SHIFT | prim.label)
-            draw.polygon(poly(prim.polygon), fill=fill)
+            end = start + 2 * len(prim.polygon)
+            draw.polygon(flat[start:end], fill=fill)
+            start = end
             used.add(fill)
-        every = np.concatenate([prim.polygon for prim in prims])
-        lo, hi = every.min(0), every.max(0)
+        lo, hi = every.min(0).tolist(), every.max(0).tolist()
         # Just after drawing person k (and before anyone nearer), every pixel of its silhouette holds its slot:
         # counting them gives the amodal area, the denominator of the visible fraction.
-        x0, y0 = (np.floor(lo) + pad - 2).astype(int).clip(0, size + 2 * pad)  # PIL may fill a pixel past the vertices
-        x1, y1 = (np.ceil(hi) + pad + 2).astype(int).clip(0, size + 2 * pad)
-        window = np.asarray(canvas.crop((int(x0), int(y0), int(x1), int(y1))))
+        extent = size + 2 * pad
+        x0, y0 = (min(max(math.floor(v) + pad - 2, 0), extent) for v in lo)  # PIL may fill a pixel past the vertices
+        x1, y1 = (min(max(math.ceil(v) + pad + 2, 0), extent) for v in hi)
+        window = np.asarray(canvas.crop((x0, y0, x1, y1)))
         mine = (window >> SLOT_SHIFT) == k + 1
-        area[k] = int(mine.sum())
+        area[k] = np.count_nonzero(mine)
         ix0, iy0 = max(pad - x0, 0), max(pad - y0, 0)
         ix1, iy1 = max(min(pad + size - x0, x1 - x0), 0), max(min(pad + size - y0, y1 - y0), 0)
-        in_image[k] = int(mine[iy0:iy1, ix0:ix1].sum())
-        if mine.any():
+        in_image[k] = np.count_nonzero(mine[iy0:iy1, ix0:ix1])
+        if area[k]:
             rows, cols = np.nonzero(mine.any(1))[0], np.nonzero(mine.any(0))[0]
             boxes[k] = (cols[0] + x0 - pad, rows[0] + y0 - pad, cols[-1] + x0 - pad + 1, rows[-1] + y0 - pad + 1)
     if clutter:
@@ -929,7 +956,7 @@ def decode(code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # -------------------------------------------------------------------------------------------- appearance
 
 
-_CACHE: dict[tuple, np.ndarray] = {}
+_CACHE: dict[tuple, np.ndarray | dict[str, np.ndarray]] = {}
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -939,6 +966,15 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
         _CACHE[key] = np.arange(size, dtype=np.float32) + 0.5
     x = _CACHE[key]
     return x[None, :], x[:, None]
+
+
+def _pixel_index(size: int) -> np.ndarray:
+    """The flat indices ``0 .. size * size - 1`` of an image's pixels (cached per size)."""
+    key = ("index", size)
+    if key not in _CACHE:
+        _CACHE[key] = np.arange(size * size)
+        _CACHE[key].flags.writeable = False  # shared by every call
+    return _CACHE[key]
 
 
 def _noise_bank(size: int) -> np.ndarray:
@@ -973,37 +1009,62 @@ def _smooth_bank(size: int, period: float) -> np.ndarray:
     return _CACHE[key]
 
 
+def _banks(size: int) -> dict[str, np.ndarray]:
+    """The per-pixel functions of the smooth banks that :func:`shade` reads, evaluated once per size.
+
+    Each is an elementwise function of a bank, so a window of it holds exactly what the function of the window
+    would: ``wall`` = ``1 + 0.15 s`` (wall-to-floor wobble), ``light`` = ``1 + 0.08 s`` (slow illumination
+    change), both of the ``size / 10`` bank ``s``, and ``mottle`` = ``clip(0.5 + m, 0, 1)`` of the 8-pixel bank.
+    """
+    key = ("banks", size)
+    if key not in _CACHE:
+        slow = _smooth_bank(size, size / 10)
+        _CACHE[key] = {"wall": 1 + 0.15 * slow, "light": 1 + 0.08 * slow,
+                       "mottle": np.clip(0.5 + _smooth_bank(size, 8.0), 0, 1)}
+    return _CACHE[key]
+
+
+# Columns of the per-pattern record that shade gathers for each pixel it textures: the first colour, the second
+# minus the first, and the kind.
+_C1, _DC, _KIND = slice(0, 3), slice(3, 6), 6
+
+
 def _code_tables(scene: Scene, codes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Map every code to its pattern: (lut, tables) with ``lut[code]`` an index into the pattern tables.
 
     Codes of one garment share a pattern (a person's sleeve and torso, their two shoes), so the tables hold the
-    few dozen distinct patterns of the scene, not the codes.
+    few dozen distinct patterns of the scene, not the codes. ``tables["record"]`` has one (8,) float32 row per
+    pattern: first colour, second minus first colour, kind, padding. Gathering one 32-byte row per pixel costs
+    about what gathering one number does, so a single gather serves all seven values.
     """
-    skin_labels = (TORSO_SKIN, FACE, L_ARM, R_ARM, L_LEG, R_LEG)
+    skin_labels = {TORSO_SKIN, FACE, L_ARM, R_ARM, L_LEG, R_LEG}
+    people, clutter, seat = scene.people, scene.clutter, scene.photo["seat"]
     patterns: list[Pattern] = [scene.photo["background"]]
     index: dict[int, int] = {id(patterns[0]): 0}
     rows = []
     for code in codes.tolist():
-        slot, segment, label = code >> SLOT_SHIFT, (code >> SEGMENT_SHIFT) & 31, code & 31
-        if slot == 0:
-            if segment == 0:
-                pat = patterns[0]
-            else:
-                pat = scene.photo["seat"] if segment == SEAT_SEGMENT else scene.clutter[segment - 1].pattern
+        slot = code >> SLOT_SHIFT
+        if slot:
+            label = code & 31
+            pat = people[slot - 1].patterns[SKIN_KEY if label in skin_labels else label]
         else:
-            person = scene.people[slot - 1]
-            pat = person.patterns[SKIN_KEY] if label in skin_labels else person.patterns[label]
+            segment = (code >> SEGMENT_SHIFT) & 31
+            pat = patterns[0] if segment == 0 else seat if segment == SEAT_SEGMENT else clutter[segment - 1].pattern
         m = index.get(id(pat))
         if m is None:
             m = index[id(pat)] = len(patterns)
             patterns.append(pat)
         rows.append(m)
-    lut = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.int32)
+    lut = np.zeros(int(codes.max()) + 1, dtype=np.intp)
     lut[codes] = rows
+    c1 = np.array([p.colour for p in patterns], np.float32)
+    c2 = np.array([p.colour2 for p in patterns], np.float32)
+    kind = np.array([p.kind for p in patterns], np.int8)
+    record = np.zeros((len(patterns), 8), np.float32)
+    record[:, _C1], record[:, _DC], record[:, _KIND] = c1, c2 - c1, kind
     tables = {
-        "c1": np.array([p.colour for p in patterns], np.float32).T.copy(),
-        "c2": np.array([p.colour2 for p in patterns], np.float32).T.copy(),
-        "kind": np.array([p.kind for p in patterns], np.int8),
+        "record": record,
+        "kind": kind,
         "fa": np.array([2 * math.pi / p.period * math.cos(p.angle) for p in patterns], np.float32),
         "fb": np.array([2 * math.pi / p.period * math.sin(p.angle) for p in patterns], np.float32),
         "phase": np.array([p.phase for p in patterns], np.float32),
@@ -1011,15 +1072,68 @@ def _code_tables(scene: Scene, codes: np.ndarray) -> tuple[np.ndarray, dict[str,
     return lut, tables
 
 
+def _blur_pass(x: np.ndarray, y: np.ndarray, step: int) -> None:
+    """``y = x / 2 + (x[i - step] + x[i + step]) / 4`` over the flat arrays, the first and last ``step`` copied.
+
+    Evaluated as ``((x[i - step] + x[i + step]) / 2 + x) / 2`` in place: halving is exact in floating point, so
+    both forms round identically, and this one needs no temporary arrays.
+    """
+    inner = y[step:-step]
+    np.add(x[:-2 * step], x[2 * step:], out=inner)
+    inner *= 0.5
+    inner += x[step:-step]
+    inner *= 0.5
+    y[:step], y[-step:] = x[:step], x[-step:]
+
+
 def _blur(x: np.ndarray) -> np.ndarray:
-    """[1, 2, 1] / 4 blur of an (H, W) array along both axes, edges replicated."""
+    """[1, 2, 1] / 4 blur of a C-ordered (..., H, W) float array along both image axes, edges replicated.
+
+    Both passes run over the flat array (contiguous slices are several times faster than row-by-row ones); the
+    horizontal pass also mixes each row's last pixel with the next row's first, and those border columns are then
+    set to their replicated values.
+    """
+    width = x.shape[-1]
     y = np.empty_like(x)
-    y[1:-1] = x[1:-1] * 0.5 + (x[:-2] + x[2:]) * 0.25
-    y[0], y[-1] = x[0], x[-1]
+    for plane_in, plane_out in zip(x.reshape(-1, x.shape[-2] * width), y.reshape(-1, x.shape[-2] * width)):
+        _blur_pass(plane_in, plane_out, width)  # vertical: neighbours one row apart, within each plane
     z = np.empty_like(x)
-    z[:, 1:-1] = y[:, 1:-1] * 0.5 + (y[:, :-2] + y[:, 2:]) * 0.25
-    z[:, 0], z[:, -1] = y[:, 0], y[:, -1]
+    _blur_pass(y.reshape(-1), z.reshape(-1), 1)  # horizontal
+    z[..., 0], z[..., -1] = y[..., 0], y[..., -1]
     return z
+
+
+def _edge_darkening(code: np.ndarray, strength: float) -> np.ndarray:
+    """``1 - strength * blur(edge)`` (float32), where ``edge`` marks pixels with a neighbour of another code.
+
+    ``edge`` is 0 or 1, so its [1, 2, 1] blur (:func:`_blur`) is a count of sixteenths; counting in bytes gives
+    exactly the same values as blurring in floating point, for a fraction of the cost. As in :func:`_blur`, the
+    work runs over the flat map and the row ends are then fixed.
+    """
+    width = code.shape[1]
+    flat = code.reshape(-1)
+    edge = np.zeros(flat.shape, np.uint8)
+    dx = flat[1:] != flat[:-1]
+    dx[width - 1::width] = False  # a row's last pixel and the next row's first are not neighbours
+    edge[1:] |= dx
+    edge[:-1] |= dx
+    dy = flat[width:] != flat[:-width]
+    edge[width:] |= dy
+    edge[:-width] |= dy
+    quarters = np.empty_like(edge)  # 4 x the vertical pass: x[i - W] + 2 x[i] + x[i + W]
+    np.add(edge[:-2 * width], edge[2 * width:], out=quarters[width:-width])
+    quarters[width:-width] += edge[width:-width]
+    quarters[width:-width] += edge[width:-width]
+    quarters[:width], quarters[-width:] = edge[:width] * 4, edge[-width:] * 4
+    sixteenths = np.empty_like(edge)  # 16 x both passes
+    np.add(quarters[:-2], quarters[2:], out=sixteenths[1:-1])
+    sixteenths[1:-1] += quarters[1:-1]
+    sixteenths[1:-1] += quarters[1:-1]
+    sixteenths, quarters = sixteenths.reshape(code.shape), quarters.reshape(code.shape)
+    sixteenths[:, 0], sixteenths[:, -1] = quarters[:, 0] * 4, quarters[:, -1] * 4
+    # (k / 16) * strength, computed as k * (strength / 16): scaling by 1/16 is exact, so both round the same
+    factor = np.multiply(sixteenths, np.float32(strength) / 16, dtype=np.float32)
+    return np.subtract(1, factor, out=factor)
 
 
 def shade(scene: Scene, code: np.ndarray, codes: np.ndarray | None = None,
@@ -1029,57 +1143,85 @@ def shade(scene: Scene, code: np.ndarray, codes: np.ndarray | None = None,
     Each code (one garment of one person, one clutter object, the background) has two colours mixed by a pattern:
     ``mix = [sin(u) > 0]`` (stripes), ``[sin(u) sin(v) > 0]`` (checks), smooth noise (mottled) or the vertical
     wall-to-floor blend (background), where ``(u, v)`` are the pixel's coordinates rotated by the pattern's angle
-    and scaled by its frequency. Per-code parameters are gathered per pixel through one compact index, so every
-    pattern is evaluated for all pixels at once. Then illumination (gain, a linear gradient, slow variation),
-    darkening near region boundaries (parts look rounded; occlusion boundaries show), an optional [1, 2, 1] blur,
-    sensor noise, and 8-bit quantisation, as a camera delivers. ``codes`` lists the codes present (as
-    :class:`Raster` records them); with ``stages=True`` a dict of (H, W, 3) images ``flat``, ``textured``, ``lit``
-    and ``final`` is returned instead.
+    and scaled by its frequency; the pixel is ``first colour + mix * (second - first)``. The background covers
+    two thirds of a typical image with one pattern, so it is computed as whole planes; the other pixels gather their
+    code's parameters and evaluate their own pattern only. Then illumination (gain, a linear gradient, slow
+    variation), darkening near region boundaries (parts look rounded; occlusion boundaries show), an optional
+    [1, 2, 1] blur, sensor noise, and 8-bit quantisation, as a camera delivers. ``codes`` lists the codes present
+    (as :class:`Raster` records them); with ``stages=True`` a dict of (H, W, 3) images ``flat``, ``textured``,
+    ``lit`` and ``final`` is returned instead.
     """
     size = code.shape[0]
     photo = scene.photo
-    lut, t = _code_tables(scene, np.union1d(np.unique(code) if codes is None else codes, [0]).astype(np.int64))
-    idx = np.take(lut, code.astype(np.intp))  # (H, W) pattern index (intp: gathers would convert it every time)
-    kind = np.take(t["kind"], idx)
+    codes = np.unique(code) if codes is None else np.asarray(codes)
+    if len(codes) == 0 or codes[0] != 0:  # the background's code 0 leads the tables
+        codes = np.union1d(codes, [0])
+    lut, t = _code_tables(scene, codes.astype(np.int64))
     xs, ys = _grid(size)
+    banks = _banks(size)
+    ox, oy = photo["noise_offset"]
     out = {}
 
-    present = set(t["kind"].tolist())  # evaluate only the patterns that occur
-    ox, oy = photo["noise_offset"]
-    noise_field = _smooth_bank(size, size / 10)[oy:oy + size, ox:ox + size]
-    mix = (kind == GRADIENT) * (np.clip((ys / size - photo["horizon"]) * 6 + 0.5, 0, 1) * (1 + 0.15 * noise_field))
-    if MOTTLED in present:
-        mix += (kind == MOTTLED) * np.clip(0.5 + _smooth_bank(size, 8.0)[ox:ox + size, oy:oy + size], 0, 1)
-    if STRIPES in present or CHECKS in present:
-        fa, fb = np.take(t["fa"], idx), np.take(t["fb"], idx)  # frequency * (cos, sin) of the pattern angle
-        su = np.sin(xs * fa + ys * fb + np.take(t["phase"], idx))
-        mix += (kind == STRIPES) & (su > 0)
-        if CHECKS in present:
-            mix += (kind == CHECKS) & (su * np.sin(ys * fa - xs * fb) > 0)
+    # The wall-to-floor blend, as a plane: the mix of every GRADIENT pixel.
+    blend = np.clip((ys / size - photo["horizon"]) * 6 + 0.5, 0, 1) * banks["wall"][oy:oy + size, ox:ox + size]
+    # Code 0 (the background pattern) is drawn as whole planes when it is a gradient, as it always is in SynthCrowd;
+    # the pixels `at` of every other code (or of all codes otherwise) gather their code's record.
+    flat_code = code.reshape(-1)
+    planar = t["record"][0, _KIND] == GRADIENT
+    at = _pixel_index(size)
+    if planar:
+        at = at[flat_code != 0]  # (cheaper than np.flatnonzero)
+    rows = at // size
+    cols = at - rows * size
+    pattern = np.take(lut, np.take(flat_code, at).astype(np.intp))  # (an intp index is gathered fastest)
+    record = np.take(t["record"], pattern, axis=0)  # (len(at), 8), columns _C1, _DC, _KIND
+    kind = record[:, _KIND]
+    mix = np.zeros(len(at), np.float32)  # plain patterns keep mix 0
+    gradient = kind == GRADIENT
+    if gradient.any():
+        mix[gradient] = np.take(blend, at[gradient])
+    mottled = kind == MOTTLED
+    if mottled.any():
+        # the (2 size)-wide bank read at row ox + r, column oy + c: a flat index is cheaper than a 2-D one
+        spot = at[mottled] + rows[mottled] * size + (ox * 2 * size + oy)
+        mix[mottled] = np.take(banks["mottle"], spot)
+    waves = np.flatnonzero((kind == STRIPES) | (kind == CHECKS))
+    if len(waves):
+        wave = np.take(pattern, waves)
+        centres = xs.ravel()  # pixel-centre coordinates, the same along x and y
+        x, y = np.take(centres, cols[waves]), np.take(centres, rows[waves])
+        fa, fb = np.take(t["fa"], wave), np.take(t["fb"], wave)  # frequency * (cos, sin) of the angle
+        su = np.sin(x * fa + y * fb + np.take(t["phase"], wave))
+        on = su > 0
+        checks = kind[waves] == CHECKS
+        if checks.any():
+            on[checks] = su[checks] * np.sin(y[checks] * fa[checks] - x[checks] * fb[checks]) > 0
+        mix[waves] = on
     image = np.empty((3, size, size), np.float32)
+    background = t["record"][0]
     for ch in range(3):  # channel planes: broadcasting over a trailing axis of 3 would be far slower
-        c1 = np.take(t["c1"][ch], idx)
-        image[ch] = c1 + mix * np.take(t["c2"][ch] - t["c1"][ch], idx)
-        if stages:
-            out.setdefault("flat", np.empty_like(image))[ch] = np.where(kind == GRADIENT, image[ch], c1)
+        plane = image[ch].reshape(-1)
+        if planar:
+            np.multiply(blend.reshape(-1), background[_DC.start + ch], out=plane)
+            plane += background[ch]
+        plane[at] = mix * record[:, _DC.start + ch] + record[:, ch]
     if stages:
+        out["flat"] = image.copy()  # the first colour alone, but for the wall-to-floor blend
+        for ch in range(3):
+            out["flat"][ch].reshape(-1)[at[~gradient]] = record[~gradient, ch]
         out["textured"] = image.copy()
 
     # Illumination: gain, a linear gradient and slow variation, then darkening near region boundaries.
     lx, ly = photo["light"]
-    light = photo["gain"] * (1 + lx * (xs / size - 0.5) + ly * (ys / size - 0.5)) * (1 + 0.08 * noise_field)
-    edge = np.zeros(code.shape, np.float32)
-    dx = code[:, 1:] != code[:, :-1]
-    dy = code[1:] != code[:-1]
-    edge[:, 1:] += dx
-    edge[:, :-1] += dx
-    edge[1:] += dy
-    edge[:-1] += dy
-    image *= light * (1 - photo["edge_dark"] * _blur(np.minimum(edge, 1.0)))
+    light = 1 + lx * (xs / size - 0.5) + ly * (ys / size - 0.5)
+    light *= photo["gain"]
+    light *= banks["light"][oy:oy + size, ox:ox + size]
+    light *= _edge_darkening(code, photo["edge_dark"])
+    image *= light
     if stages:
         out["lit"] = image.copy()
     if photo["blur"]:
-        image[0], image[1], image[2] = _blur(image[0]), _blur(image[1]), _blur(image[2])
+        image = _blur(image)
     ox, oy = ox % 64, oy % 64
     image += _noise_bank(size)[:, oy:oy + size, ox:ox + size] * photo["noise"]
     np.clip(image, 0, 1, out=image)
