@@ -255,10 +255,10 @@ display(MarkdownTables(ladder_table(ours, LABEL)))
 # What each rung changed here, from the records (in points; the paper's Table 6 steps are below).
 rungs = list(LABEL)
 steps = []
+points = lambda change: f"{round(100 * change, 2) + 0.0:+.2f}"  # a change of a fraction, in points (no "-0.00")
 for before, after in zip(rungs, rungs[1:]):
     a, b = ours["records"][before]["metrics"], ours["records"][after]["metrics"]
-    steps.append(f"{LABEL[after]}: mIoU {100 * (b['mIoU'] - a['mIoU']):+.2f}, "
-                 f"AP^p_50 {100 * (b['APp50'] - a['APp50']):+.2f}")
+    steps.append(f"{LABEL[after]}: mIoU {points(b['mIoU'] - a['mIoU'])}, AP^p_50 {points(b['APp50'] - a['APp50'])}")
 first, last = ours["records"]["baseline"]["metrics"], ours["records"]["ipbc"]["metrics"]
 LADDER_SUMMARY = (f"baseline → + IPBC: mIoU {percent(first['mIoU'])} → {percent(last['mIoU'])}, "
                   f"AP^p_50 {percent(first['APp50'])} → {percent(last['APp50'])} "

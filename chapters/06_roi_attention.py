@@ -351,7 +351,7 @@ for i, crowding in enumerate(sweep["crowding"]):
     row = []
     for key in ("APp50", "APr50"):
         a, b = with_att[key][i], without[key][i]
-        gain = None if a is None or b is None else 100 * (a - b)
+        gain = None if a is None or b is None else round(100 * (a - b), 2) + 0.0  # points; + 0.0: no "-0.00"
         gains.setdefault(key, []).append(gain)
         row.append("–" if gain is None else f"{gain:+.2f}")
     lines.append(f"| {crowding:.2f} | {100 * sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(row) + " |")
