@@ -294,8 +294,8 @@ if caveat:
 # %% [markdown]
 # In the paper, concatenation beats the product: both `concat_after_conv4` variants beat both `dot` variants on every
 # AP^r column, while moving the product from after conv3 to after conv4 changes little (AP^r_vol +0.3, AP^r_50
-# −0.4). The gap between the best and worst rows is 3.4 points of AP^r_vol on CIHP, larger than the 0.8-point gain of the final model over the model without attention
-# on the test set (Table 1). Part of that gap is the fusion choice itself, so the choice matters about as much as
+# −0.4). The gap between the best and worst rows is 3.4 points of AP^r_vol on CIHP, larger than the 0.8-point gain
+# of the final model over the model without attention on the test set (Table 1). Part of that gap is the fusion choice itself, so the choice matters about as much as
 # having attention at all.
 #
 # ## Does attention help more in crowds?
@@ -312,12 +312,15 @@ record = next((r for r in (find_results("attention_rcnn/crowding", profiles=(p,)
 if record is not None:
     trained = {key: cfg["train"]["iterations"] for key, cfg in record["config"].get("models", {}).items()}
     sweep = record["metrics"]
-    sweep_source = (f"results/{record['profile']}/attention_rcnn/crowding.json ({record['config']['val_images']} val "
+    sweep_profile, sweep_device = record["profile"], record["provenance"]["device"]
+    sweep_iterations = min(trained.values()) if trained else "?"
+    sweep_source = (f"results/{sweep_profile}/attention_rcnn/crowding.json ({record['config']['val_images']} val "
                     f"images per crowding, models of {sorted(set(trained.values())) or '?'} iterations, "
-                    f"{record['provenance']['device']})")
+                    f"{sweep_device})")
 else:
     sweep = crowding_sweep(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
                            models={"concat_after_conv4": model}, val_images=RUN_VAL)
+    sweep_profile, sweep_iterations, sweep_device = profile.name, profile.iterations, device_name()
     sweep_source = f"trained and evaluated on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"
 print(f"crowding sweep: {sweep_source}; {time.perf_counter() - start:.1f} s")
 
@@ -363,10 +366,7 @@ if len(valid) >= 2:
     verdict = (f"\n\nThe AP^r_50 gain from attention (points) {trend} from the sparsest to the most crowded val set "
                f"({valid[0][1]:+.2f} → {valid[-1][1]:+.2f}); it is largest at crowding {best[0]:.2f} "
                f"({best[1]:+.2f}).")
-caveat = short_run_caveat(record["profile"] if record is not None else profile.name,
-                          min(trained.values()) if record is not None and trained else profile.iterations,
-                          record["provenance"]["device"] if record is not None else device_name(),
-                          made_here=record is None)
+caveat = short_run_caveat(sweep_profile, sweep_iterations, sweep_device, made_here=record is None)
 display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
 #
 # ## Summary
