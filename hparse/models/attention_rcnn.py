@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
 
+from ..ops.roi_align import MultiScaleRoIAlign
 from .backbone import FPN_LEVELS, build_resnet_fpn
 from .detector import BranchRoIs, TopDownParser, scaled_anchor_sizes
 from .heads.attention import (

@@ -38,9 +38,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..ops.roi_align import MultiScaleRoIAlign
 from .backbone import FPN_LEVELS
 
 __all__ = ["DetectionTransform", "BoxRoIHeads", "BranchRoIs", "TopDownParser", "PERSON", "scaled_anchor_sizes"]

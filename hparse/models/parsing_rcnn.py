@@ -34,8 +34,8 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import MultiScaleRoIAlign
 
+from ..ops.roi_align import MultiScaleRoIAlign
 from .backbone import FPN_LEVELS, build_resnet_fpn
 from .detector import BranchRoIs, TopDownParser
 from .heads.parsing_head import GCE_VARIANTS, IPBC_VARIANTS, ParsingHead, ParsingPredictor

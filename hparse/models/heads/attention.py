@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
+from ...ops.roi_align import roi_align
 from ..targets import sample_label_maps
 from .gce import init_conv
 
