@@ -59,6 +59,7 @@ from hparse.experiments.attention_ablation import (
     ablation,
     crowding_sweep,
     other_person_fraction,
+    roi_noise_sweep,
     saved_ablation,
     synth_splits,
     train_variant,
@@ -368,7 +369,77 @@ if len(valid) >= 2:
                f"({best[1]:+.2f}).")
 caveat = short_run_caveat(sweep_profile, sweep_iterations, sweep_device, made_here=record is None)
 display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
+
+# %% [markdown]
+# ## Inside the box, without the detector
 #
+# AP^p and AP^r score the whole pipeline: a person the detector misses, or boxes badly, costs AP whatever the parsing
+# branch does. The attention branch's claim is narrower. *Given* a box, it should stop the parsing branch from
+# labelling the other people inside it. We can test that claim directly: parse every ground-truth person's box
+# (oracle RoIs, `model.roi_maps`) and score the 56×56 labels against that person alone
+# (`hparse.experiments.attention_ablation.roi_noise`):
+#
+# - **other-people leakage**: the share of the cells that show *other* people and still get a part label. This is
+#   the "noise from other instances" of Sec. 3.1, so lower is better;
+# - **own recall**: the share of the person's own part cells that get a part label (a model that labels nothing
+#   leaks nothing, so leakage is read together with recall);
+# - **RoI mIoU**: the part mIoU inside the boxes, background included.
+#
+# This measure needs a trained parsing branch but no trained detector, so it separates the variants earlier in
+# training than AP does.
+
+# %%
+start = time.perf_counter()
+roi_record = next((r for r in (find_results("attention_rcnn/roi_noise", profiles=(p,)) for p in ("gpu", "cpu"))
+                   if r is not None), None)
+if roi_record is not None:
+    roi_sweep = roi_record["metrics"]
+    roi_trained = {key: cfg["train"]["iterations"] for key, cfg in roi_record["config"].get("models", {}).items()}
+    roi_profile, roi_device = roi_record["profile"], roi_record["provenance"]["device"]
+    roi_iterations = min(roi_trained.values()) if roi_trained else "?"
+    roi_source = (f"results/{roi_profile}/attention_rcnn/roi_noise.json ({roi_record['config']['val_images']} val "
+                  f"images per crowding, models of {sorted(set(roi_trained.values())) or '?'} iterations, "
+                  f"{roi_device})")
+else:
+    roi_sweep = roi_noise_sweep(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
+                                models={"concat_after_conv4": model}, val_images=RUN_VAL)
+    roi_profile, roi_iterations, roi_device = profile.name, profile.iterations, device_name()
+    roi_source = f"evaluated on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"
+print(f"oracle-box RoI measure: {roi_source}; {time.perf_counter() - start:.1f} s")
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+for ax, key, title in zip(axes, ("other_leakage", "own_recall", "roi_mIoU"),
+                          ("other-people cells given a part label", "own part cells given a part label",
+                           "part mIoU inside the boxes")):
+    for variant, style in (("none", "o--"), ("concat_after_conv4", "s-")):
+        values = [np.nan if v is None else v for v in roi_sweep["variants"][variant][key]]
+        ax.plot(roi_sweep["crowding"], values, style, label="w/o attention" if variant == "none" else variant)
+    ax.set_xlabel("SynthCrowd crowding (val)")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+fig.suptitle(f"ours, ground-truth boxes: {roi_source}", fontsize=8)
+fig.tight_layout()
+
+with_att, without = roi_sweep["variants"]["concat_after_conv4"], roi_sweep["variants"]["none"]
+lines = ["| crowding | share of box showing others | leakage w/o attention | leakage with attention "
+         "| own recall w/o | own recall with | RoI mIoU w/o | RoI mIoU with |", "|---" * 8 + "|"]
+for i, crowding in enumerate(roi_sweep["crowding"]):
+    cells = [percent(rows[key][i]) for key in ("other_leakage", "own_recall", "roi_mIoU")
+             for rows in (without, with_att)]
+    lines.append(f"| {crowding:.2f} | {100 * roi_sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(cells) + " |")
+valid = [(c, a, b) for c, a, b in zip(roi_sweep["crowding"], with_att["other_leakage"], without["other_leakage"])
+         if a is not None and b is not None]
+verdict = ""
+if valid:
+    lower = sum(a < b for _, a, b in valid)
+    verdict = (f"\n\nWith attention, other people leak into the part labels less at {lower} of {len(valid)} "
+               f"crowding values; the difference (points, with minus without) runs "
+               + ", ".join(f"{100 * (a - b):+.2f} at {c:.2f}" for c, a, b in valid) + ".")
+caveat = short_run_caveat(roi_profile, roi_iterations, roi_device, made_here=roi_record is None)
+display(Markdown("Percentages.\n\n" + "\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
+
+# %% [markdown]
 # ## Summary
 #
 # - The RoI attention framework {cite:p}`roiattention2019` is Faster R-CNN with two RoI heads: a parsing branch fed

@@ -447,6 +447,80 @@ def test_ablation_and_crowding_sweep_write_results(tmp_path, tmp_results):
     assert sweep["other_person_fraction"][1] >= sweep["other_person_fraction"][0]
 
 
+class _OracleParser(torch.nn.Module):
+    """A stand-in with ``roi_maps``: the labels it returns are a function of the true target, so ``roi_noise``'s
+    numbers are known in advance."""
+
+    def __init__(self, mode: str, size: int = 56):
+        super().__init__()
+        self.mode, self.size, self.samples = mode, size, {}
+
+    def roi_maps(self, images, boxes):
+        from hparse.models.targets import parsing_targets, sample_label_maps
+
+        out = []
+        for image, b in zip(images, boxes):
+            sample = self.samples[id(image)]
+            ids = torch.arange(1, len(b) + 1)
+            target = parsing_targets([sample["semantic"]], [sample["instances"]], [b], [ids], self.size)
+            if self.mode == "perfect":
+                labels = torch.where(target == 255, torch.zeros_like(target), target)
+            elif self.mode == "everyone":  # every person's parts, own or not: the noise attention should remove
+                labels = sample_label_maps([sample["semantic"][None]], [b], self.size)[:, 0]
+            else:  # "one": a part label everywhere
+                labels = torch.ones_like(target)
+            probs = F.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2).float()
+            out.append({"parsing": probs, "labels": labels})
+        return out
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, model, people=(2, 3, 1)):
+        self.items = []
+        for i, n in enumerate(people):
+            image, target = crowd_sample(i, n)
+            target["image"] = image
+            model.samples[id(image)] = target
+            self.items.append(target)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("mode", ["perfect", "everyone", "one"])
+def test_roi_noise_scores_oracle_parsers(mode):
+    from hparse.experiments.attention_ablation import roi_noise
+
+    model = _OracleParser(mode)
+    scores = roi_noise(model, _Samples(model), batch_size=2, device="cpu")
+    assert scores["num_rois"] == 6 and scores["other_cells"] > 0  # person 2 reaches into person 1's box
+    if mode == "perfect":
+        assert scores["other_leakage"] == 0 and scores["own_recall"] == 1
+        assert scores["roi_mIoU"] == pytest.approx(1.0) and scores["roi_pixel_acc"] == pytest.approx(1.0)
+    elif mode == "everyone":  # other people's parts are labelled: all of them leak, own parts are right
+        assert scores["other_leakage"] == 1 and scores["own_recall"] == 1
+        assert scores["roi_mIoU"] < 1
+    else:
+        assert scores["other_leakage"] == 1 and scores["roi_pixel_acc"] < 0.5
+
+
+def test_roi_noise_sweep_writes_results(tmp_path, tmp_results):
+    from hparse.engine import get_profile
+    from hparse.experiments.attention_ablation import ROI_NOISE_KEYS, roi_noise_sweep
+
+    profile = get_profile("smoke").override(train_images=4, val_images=2, iterations=1)
+    sweep = roi_noise_sweep(profile, "cpu", crowdings=(0.0, 1.0), out_root=tmp_path)
+    record = json.loads((tmp_results / "smoke" / "attention_rcnn" / "roi_noise.json").read_text())
+    assert record["metrics"]["crowding"] == [0.0, 1.0]
+    for key in ("none", "concat_after_conv4"):
+        rows = sweep["variants"][key]
+        assert set(ROI_NOISE_KEYS) <= set(rows) and rows["num_rois"][0] > 0
+        assert all(v is None or 0 <= v <= 1 for name in ROI_NOISE_KEYS for v in rows[name])
+
+
 # ------------------------------------------------------------------------------------------------------- CUDA
 
 

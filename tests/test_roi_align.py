@@ -107,3 +107,15 @@ def test_multiscale_matches_torchvision():
     theirs.square().sum().backward()
     for name in names:
         torch.testing.assert_close(ours_in[name].grad, theirs_in[name].grad, rtol=1e-9, atol=1e-9)
+
+
+def test_benchmark_smoke_writes_its_result(tmp_results):
+    from hparse.benchmarks.roi_align import run
+    from hparse.engine import get_profile
+    from hparse.engine.results import load_result
+
+    metrics = run(get_profile("smoke"), torch.device("cpu"))
+    record = load_result("bench/roi_align", "smoke", root=tmp_results)
+    assert record is not None and record["metrics"]["box_14x14"]["speedup_total"] > 0
+    for workload in metrics.values():
+        assert workload["max_abs_output_difference"] < 1e-4 and workload["max_relative_gradient_difference"] < 1e-5

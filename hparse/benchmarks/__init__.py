@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "matching_quality": "hparse.benchmarks.matching:quality",
     "metrics": "hparse.benchmarks.metrics",
     "parsing_rcnn": "hparse.benchmarks.parsing_rcnn",
+    "roi_align": "hparse.benchmarks.roi_align",
     "synth": "hparse.benchmarks.synth",
 }
 

@@ -10,10 +10,18 @@ several ``crowding`` values -- the same people moved closer together -- and writ
 to ``results/<profile>/attention_rcnn/crowding.json``. It reuses the ablation's checkpoints when they exist (the
 trainer resumes a finished run without training again), so running the ablation first makes the sweep cheap.
 
+:func:`roi_noise_sweep` asks the attention branch's own question without the detector in the way: every ground-truth
+person's box is parsed (oracle RoIs), and the 56x56 labels are scored against that person only -- how many cells of
+*other* people inside the box get a part label (``other_leakage``, the "noise from other instances" of Sec. 3.1), how
+many of the person's own cells do (``own_recall``), and the part mIoU inside the boxes (``roi_mIoU``). It writes
+``results/<profile>/attention_rcnn/roi_noise.json``. Detection AP needs a trained detector; this measure needs only a
+trained parsing branch, so it tells the variants apart earlier in training.
+
 Run folders (checkpoints, logs) are ``<out_root>/<profile>/<variant>``::
 
     python -m hparse.experiments.attention_ablation --profile cpu             # Table 5 at the cpu profile's size
     python -m hparse.experiments.attention_ablation --profile cpu --crowding  # then the crowding sweep
+    python -m hparse.experiments.attention_ablation --profile cpu --roi-noise # and the oracle-box RoI measure
 """
 
 from __future__ import annotations
@@ -25,14 +33,17 @@ from pathlib import Path
 import torch
 
 from ..data import SynthCrowd
+from ..data.contract import IGNORE_INDEX
 from ..engine.profiles import Profile, get_device, get_profile, seed_everything
 from ..engine.results import find_results, write_result
 from ..engine.trainer import evaluate, train
 from ..models import build_model
 from ..models.attention_rcnn import ATTENTION_VARIANTS, synth_recipe
+from ..models.targets import parsing_targets, sample_label_maps
 
 __all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "variant_key", "synth_splits", "train_variant", "ablation",
-           "saved_ablation", "crowding_sweep", "other_person_fraction"]
+           "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise", "roi_noise_sweep",
+           "ROI_NOISE_KEYS"]
 
 VARIANTS = ATTENTION_VARIANTS
 CROWDINGS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -240,6 +251,110 @@ def crowding_sweep(profile: Profile, device: torch.device | str | None = None, *
     return result
 
 
+#: What :func:`roi_noise` reports (fractions).
+ROI_NOISE_KEYS = ("other_leakage", "own_recall", "roi_mIoU", "roi_pixel_acc")
+
+
+@torch.no_grad()
+def roi_noise(model: torch.nn.Module, dataset, batch_size: int = 4, device: torch.device | str | None = None) -> dict:
+    """Parse every ground-truth person's box and score the labels against that person alone (oracle RoIs).
+
+    For person k with box b the target is :func:`hparse.models.targets.parsing_targets` at the model's output size
+    (k's parts, everything else background, ignore kept); the cells of *other* people are those whose instance id is
+    neither 0 nor k. Counts are summed over all boxes of ``dataset`` before dividing.
+
+    Returns:
+        ``{"other_leakage": share of other-people cells given a part label (lower is better), "own_recall": share
+        of k's labelled part cells given a part label, "roi_mIoU": mean IoU of the part classes present (background
+        included) over all RoI cells, "roi_pixel_acc": share of labelled cells with the right label, "num_rois",
+        "other_cells": how many other-people cells were scored}``.
+    """
+    device = get_device(device)
+    model = model.to(device).eval()
+    num_classes = None
+    confusion = None
+    leaked = others = recalled = own = rois = 0
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        samples = [s for s in samples if len(s["boxes"])]
+        if not samples:
+            continue
+        boxes = [s["boxes"].to(device) for s in samples]
+        maps = model.roi_maps([s["image"].to(device) for s in samples], boxes)
+        labels = torch.cat([m["labels"] for m in maps])  # (R, M, M) predicted part labels
+        probs = maps[0]["parsing"]
+        num_classes, size = probs.shape[1], labels.shape[-1]
+        ids = [torch.arange(1, len(b) + 1, device=device) for b in boxes]
+        instances = [s["instances"].to(device) for s in samples]
+        target = parsing_targets([s["semantic"].to(device) for s in samples], instances, boxes, ids, size)
+        owner = sample_label_maps([i[None] for i in instances], boxes, size)[:, 0]  # (R, M, M) person id per cell
+        other = (owner > 0) & (owner != torch.cat(ids).view(-1, 1, 1)) & (target != IGNORE_INDEX)
+        part = labels > 0
+        leaked += int((part & other).sum())
+        others += int(other.sum())
+        mine = (target > 0) & (target != IGNORE_INDEX)
+        recalled += int((part & mine).sum())
+        own += int(mine.sum())
+        rois += len(labels)
+        valid = target != IGNORE_INDEX
+        counts = torch.bincount(target[valid] * num_classes + labels[valid], minlength=num_classes**2)
+        confusion = counts if confusion is None else confusion + counts
+    if confusion is None:
+        return {key: None for key in ROI_NOISE_KEYS} | {"num_rois": 0, "other_cells": 0}
+    confusion = confusion.view(num_classes, num_classes).double()  # rows: target, columns: prediction
+    true, predicted, hit = confusion.sum(1), confusion.sum(0), confusion.diag()
+    present = true > 0
+    iou = hit[present] / (true + predicted - hit)[present]
+    return {"other_leakage": leaked / others if others else None, "own_recall": recalled / own if own else None,
+            "roi_mIoU": float(iou.mean()), "roi_pixel_acc": float(hit.sum() / confusion.sum()), "num_rois": rois,
+            "other_cells": others}
+
+
+def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, *,
+                    variants: Sequence[str | None] = (None, "concat_after_conv4"),
+                    crowdings: Sequence[float] = CROWDINGS, out_root: str | Path = "runs/attention_ablation",
+                    seed: int = 0, write: bool = True, models: dict[str, torch.nn.Module] | None = None,
+                    val_images: int | None = None) -> dict:
+    """:func:`roi_noise` of each variant on SynthCrowd val at every ``crowding`` (oracle boxes, no detector).
+
+    Models come from ``models`` or from the ablation's finished runs in ``out_root`` (trained there if missing), as
+    in :func:`crowding_sweep`.
+
+    Returns:
+        ``{"crowding": [...], "other_person_fraction": [...], "variants": {key: {metric: [value per crowding]}}}``
+        with the metrics of :data:`ROI_NOISE_KEYS` plus ``num_rois``.
+    """
+    device = get_device(device)
+    models = dict(models or {})
+    crowdings = [float(c) for c in crowdings]
+    val_sets = [synth_splits(profile, seed, crowding, val_images)[1] for crowding in crowdings]
+    noise = []
+    for val_set in val_sets:
+        fractions = torch.cat([other_person_fraction(val_set[i]) for i in range(len(val_set))])
+        noise.append(float(fractions.mean()) if len(fractions) else 0.0)
+    table: dict[str, dict[str, list]] = {}
+    configs = {}
+    for attention in variants:
+        key = variant_key(attention)
+        if key not in models:
+            models[key], _, configs[key] = train_variant(profile, attention, device, out_root=out_root, seed=seed,
+                                                         with_eval=False)
+        rows: dict[str, list] = {name: [] for name in (*ROI_NOISE_KEYS, "num_rois")}
+        for val_set in val_sets:
+            scores = roi_noise(models[key], val_set, profile.batch_size, device)
+            for name in rows:
+                rows[name].append(scores[name])
+        table[key] = rows
+    result = {"crowding": crowdings, "other_person_fraction": noise, "variants": table}
+    if write:
+        write_result("attention_rcnn/roi_noise", result, profile=profile.name,
+                     config={"variants": [variant_key(v) for v in variants],
+                             "val_images": val_images or profile.val_images, "train_crowding": TRAIN_CROWDING,
+                             "seed": seed, "models": configs},
+                     device=device, notes=_notes("Oracle-box RoI parsing against crowding", profile, device))
+    return result
+
+
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
@@ -248,6 +363,8 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=None,
                         help=f"subset of {[variant_key(v) for v in VARIANTS]} (default: all)")
     parser.add_argument("--crowding", action="store_true", help="run the crowding sweep instead of the ablation")
+    parser.add_argument("--roi-noise", action="store_true",
+                        help="run the oracle-box RoI measure against crowding instead of the ablation")
     parser.add_argument("--out-root", default="runs/attention_ablation")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -257,6 +374,14 @@ def _main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown variants {unknown}; choose from {list(keys)}")
     chosen = [keys[v] for v in args.variants] if args.variants else None
+    if args.roi_noise:
+        result = roi_noise_sweep(profile, args.device, variants=chosen or (None, "concat_after_conv4"),
+                                 out_root=args.out_root)
+        print("crowding", result["crowding"])
+        for key, rows in result["variants"].items():
+            print(key, {name: [round(v, 4) if v is not None else None for v in rows[name]]
+                        for name in ("other_leakage", "own_recall", "roi_mIoU")})
+        return
     if args.crowding:
         result = crowding_sweep(profile, args.device, variants=chosen or (None, "concat_after_conv4"),
                                 iterations=args.iterations, out_root=args.out_root)
