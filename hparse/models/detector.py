@@ -14,7 +14,10 @@ detected RoI". :class:`TopDownParser` owns the detection half and hands RoIs to 
 
 Nothing torchvision provides is re-implemented: ``AnchorGenerator``, ``RPNHead``, ``RegionProposalNetwork``,
 ``MultiScaleRoIAlign``, ``TwoMLPHead``, ``FastRCNNPredictor``, ``RoIHeads`` (sampling, box coding, NMS) are used as
-they are. Two small subclasses adapt them: :class:`DetectionTransform` (separate train scales and test scale, or no
+they are. The one exception is the RoIAlign op itself on a CPU during training: every RoI pooler is
+:class:`hparse.ops.roi_align.MultiScaleRoIAlign`, torchvision's class over the same op with a sparse-matrix backward
+that is several times faster than torchvision's serial CPU kernel (same results; CUDA runs torchvision's kernel).
+Two small subclasses adapt them: :class:`DetectionTransform` (separate train scales and test scale, or no
 resizing at all) and :class:`BoxRoIHeads` (returns the positive RoIs with their matches instead of running
 torchvision's mask branch). Label maps never pass through the transform: parsing targets are sampled from the
 original-resolution maps (see :mod:`hparse.models.targets`), with RoIs mapped back to original pixel coordinates.
