@@ -51,7 +51,7 @@ from torchvision.ops import roi_align
 
 import hparse
 from hparse.data import SynthCrowd
-from hparse.engine import find_results, get_profile, seed_everything
+from hparse.engine import get_profile, seed_everything
 from hparse.engine.results import device_name
 from hparse.experiments.attention_ablation import (
     CROWDINGS,
@@ -61,6 +61,7 @@ from hparse.experiments.attention_ablation import (
     other_person_fraction,
     roi_noise_sweep,
     saved_ablation,
+    saved_sweep,
     synth_splits,
     train_variant,
     variant_key,
@@ -266,7 +267,8 @@ slider_explorer(render_roi, len(boxes), description="RoI", figsize=(7, 2.2))
 #
 # The paper reports AP^r on CIHP val (Table 5, ResNet-101, in %), and the model without attention only on CIHP
 # *test* (Table 1), so that row is not directly comparable. Ours are SynthCrowd val numbers from the source named
-# above. AP^p_50, which measures how well each person is parsed, is shown as well.
+# above. AP^p_50 and AP^p_vol (the mean over IoU thresholds 0.1 to 0.9), which measure how well each person is
+# parsed, are shown as well.
 
 # %%
 PAPER = {  # paper numbers: AP^r_vol, AP^r_50, AP^r_60, AP^r_70 (Table 5: CIHP val; None: Table 1, CIHP test)
@@ -276,7 +278,7 @@ PAPER = {  # paper numbers: AP^r_vol, AP^r_50, AP^r_60, AP^r_70 (Table 5: CIHP v
     "concat_after_conv4_trans": ("Table 5, val", 34.1, 38.1, 30.9, 21.6),
     "concat_after_conv4": ("Table 5, val", 36.2, 40.7, 33.9, 25.1),
 }
-KEYS = ("APrvol", "APr50", "APr60", "APr70", "APp50", "mIoU")
+KEYS = ("APrvol", "APr50", "APr60", "APr70", "APp50", "APpvol", "mIoU")
 
 
 lines = ["| attention | ours " + " | ours ".join(KEYS) + " | paper source | paper APrvol | paper APr50 | paper APr60 "
@@ -307,22 +309,21 @@ if caveat:
 # (`hparse.experiments.attention_ablation.crowding_sweep`).
 
 # %%
+def saved_or_run(name, run):
+    """The saved sweep ``name`` from results/ (gpu, then cpu); without one, ``run`` on this page at this profile."""
+    record = saved_sweep(name)
+    if record is not None:
+        return {**record, "made_here": False}
+    sweep = run(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
+                models={"concat_after_conv4": model}, val_images=RUN_VAL)
+    return {"sweep": sweep, "profile": profile.name, "iterations": profile.iterations, "device": device_name(),
+            "made_here": True,
+            "source": f"run on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"}
+
+
 start = time.perf_counter()
-record = next((r for r in (find_results("attention_rcnn/crowding", profiles=(p,)) for p in ("gpu", "cpu"))
-               if r is not None), None)
-if record is not None:
-    trained = {key: cfg["train"]["iterations"] for key, cfg in record["config"].get("models", {}).items()}
-    sweep = record["metrics"]
-    sweep_profile, sweep_device = record["profile"], record["provenance"]["device"]
-    sweep_iterations = min(trained.values()) if trained else "?"
-    sweep_source = (f"results/{sweep_profile}/attention_rcnn/crowding.json ({record['config']['val_images']} val "
-                    f"images per crowding, models of {sorted(set(trained.values())) or '?'} iterations, "
-                    f"{sweep_device})")
-else:
-    sweep = crowding_sweep(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
-                           models={"concat_after_conv4": model}, val_images=RUN_VAL)
-    sweep_profile, sweep_iterations, sweep_device = profile.name, profile.iterations, device_name()
-    sweep_source = f"trained and evaluated on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"
+record = saved_or_run("crowding", crowding_sweep)
+sweep, sweep_source = record["sweep"], record["source"]
 print(f"crowding sweep: {sweep_source}; {time.perf_counter() - start:.1f} s")
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -367,7 +368,7 @@ if len(valid) >= 2:
     verdict = (f"\n\nThe AP^r_50 gain from attention (points) {trend} from the sparsest to the most crowded val set "
                f"({valid[0][1]:+.2f} → {valid[-1][1]:+.2f}); it is largest at crowding {best[0]:.2f} "
                f"({best[1]:+.2f}).")
-caveat = short_run_caveat(sweep_profile, sweep_iterations, sweep_device, made_here=record is None)
+caveat = short_run_caveat(record["profile"], record["iterations"], record["device"], made_here=record["made_here"])
 display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
 
 # %% [markdown]
@@ -390,21 +391,8 @@ display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else ""
 
 # %%
 start = time.perf_counter()
-roi_record = next((r for r in (find_results("attention_rcnn/roi_noise", profiles=(p,)) for p in ("gpu", "cpu"))
-                   if r is not None), None)
-if roi_record is not None:
-    roi_sweep = roi_record["metrics"]
-    roi_trained = {key: cfg["train"]["iterations"] for key, cfg in roi_record["config"].get("models", {}).items()}
-    roi_profile, roi_device = roi_record["profile"], roi_record["provenance"]["device"]
-    roi_iterations = min(roi_trained.values()) if roi_trained else "?"
-    roi_source = (f"results/{roi_profile}/attention_rcnn/roi_noise.json ({roi_record['config']['val_images']} val "
-                  f"images per crowding, models of {sorted(set(roi_trained.values())) or '?'} iterations, "
-                  f"{roi_device})")
-else:
-    roi_sweep = roi_noise_sweep(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
-                                models={"concat_after_conv4": model}, val_images=RUN_VAL)
-    roi_profile, roi_iterations, roi_device = profile.name, profile.iterations, device_name()
-    roi_source = f"evaluated on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"
+roi_record = saved_or_run("roi_noise", roi_noise_sweep)
+roi_sweep, roi_source = roi_record["sweep"], roi_record["source"]
 print(f"oracle-box RoI measure: {roi_source}; {time.perf_counter() - start:.1f} s")
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -436,7 +424,8 @@ if valid:
     verdict = (f"\n\nWith attention, other people leak into the part labels less at {lower} of {len(valid)} "
                f"crowding values; the difference (points, with minus without) runs "
                + ", ".join(f"{100 * (a - b):+.2f} at {c:.2f}" for c, a, b in valid) + ".")
-caveat = short_run_caveat(roi_profile, roi_iterations, roi_device, made_here=roi_record is None)
+caveat = short_run_caveat(roi_record["profile"], roi_record["iterations"], roi_record["device"],
+                          made_here=roi_record["made_here"])
 display(Markdown("Percentages.\n\n" + "\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
 
 # %% [markdown]

@@ -43,7 +43,7 @@ from ..models.targets import parsing_targets, sample_label_maps
 
 __all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "variant_key", "synth_splits", "train_variant", "ablation",
            "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise", "roi_noise_sweep",
-           "ROI_NOISE_KEYS"]
+           "ROI_NOISE_KEYS", "saved_sweep"]
 
 VARIANTS = ATTENTION_VARIANTS
 CROWDINGS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -192,6 +192,54 @@ def other_person_fraction(sample: dict) -> torch.Tensor:
     return others.flatten(1).sum(1).float() / area
 
 
+def _crowded_val_sets(profile: Profile, seed: int, crowdings: Sequence[float], val_images: int | None
+                      ) -> tuple[list[SynthCrowd], list[float]]:
+    """The val split rendered at each crowding, and the mean share of a person's box showing other people in each."""
+    val_sets = [synth_splits(profile, seed, crowding, val_images)[1] for crowding in crowdings]
+    noise = []
+    for val_set in val_sets:
+        fractions = torch.cat([other_person_fraction(val_set[i]) for i in range(len(val_set))])
+        noise.append(float(fractions.mean()) if len(fractions) else 0.0)
+    return val_sets, noise
+
+
+def _sweep_models(profile: Profile, variants: Sequence[str | None], device: torch.device,
+                  models: dict[str, torch.nn.Module] | None, out_root: str | Path, seed: int,
+                  iterations: int | None = None) -> tuple[dict[str, torch.nn.Module], dict[str, dict]]:
+    """The models of a sweep by variant key, in ``variants`` order: given ones as they are, the others from their
+    finished run in ``out_root`` (trained there when missing); and the configs of the loaded ones."""
+    given = dict(models or {})
+    chosen, configs = {}, {}
+    for attention in variants:
+        key = variant_key(attention)
+        if key in given:
+            chosen[key] = given[key].to(device)
+        else:
+            chosen[key], _, configs[key] = train_variant(profile, attention, device, iterations=iterations,
+                                                         out_root=out_root, seed=seed, with_eval=False)
+    return chosen, configs
+
+
+def saved_sweep(name: str, prefer: Sequence[str] = ("gpu", "cpu")) -> dict | None:
+    """A saved sweep record (``"crowding"`` or ``"roi_noise"``) of the first profile in ``prefer`` that has one.
+
+    Returns:
+        ``{"sweep": its metrics, "profile", "device", "iterations": the fewest training iterations of its models,
+        "source": a sentence naming the file and run}``, or ``None``.
+    """
+    for profile in prefer:
+        record = find_results(f"attention_rcnn/{name}", profiles=(profile,))
+        if record is None:
+            continue
+        trained = {key: cfg["train"]["iterations"] for key, cfg in record["config"].get("models", {}).items()}
+        device = record["provenance"]["device"]
+        source = (f"results/{profile}/attention_rcnn/{name}.json ({record['config']['val_images']} val images per "
+                  f"crowding, models of {sorted(set(trained.values())) or '?'} iterations, {device})")
+        return {"sweep": record["metrics"], "profile": profile, "device": device,
+                "iterations": min(trained.values()) if trained else "?", "source": source}
+    return None
+
+
 def crowding_sweep(profile: Profile, device: torch.device | str | None = None, *,
                    variants: Sequence[str | None] = (None, "concat_after_conv4"),
                    crowdings: Sequence[float] = CROWDINGS, iterations: int | None = None,
@@ -219,24 +267,13 @@ def crowding_sweep(profile: Profile, device: torch.device | str | None = None, *
         ``{"crowding": [...], "other_person_fraction": [...], "variants": {key: {metric: [value per crowding]}}}``.
     """
     device = get_device(device)
-    models = dict(models or {})
     crowdings = [float(c) for c in crowdings]
-    noise = []
-    for crowding in crowdings:
-        _, val_set = synth_splits(profile, seed, crowding, val_images)
-        fractions = torch.cat([other_person_fraction(val_set[i]) for i in range(len(val_set))])
-        noise.append(float(fractions.mean()) if len(fractions) else 0.0)
+    val_sets, noise = _crowded_val_sets(profile, seed, crowdings, val_images)
+    models, configs = _sweep_models(profile, variants, device, models, out_root, seed, iterations)
     table: dict[str, dict[str, list]] = {}
-    configs = {}
-    for attention in variants:
-        key = variant_key(attention)
-        if key not in models:
-            models[key], _, configs[key] = train_variant(profile, attention, device, iterations=iterations,
-                                                         out_root=out_root, seed=seed, with_eval=False)
-        model = models[key].to(device)
+    for key, model in models.items():
         rows = {name: [] for name in HEADLINE}
-        for crowding in crowdings:
-            _, val_set = synth_splits(profile, seed, crowding, val_images)
+        for val_set in val_sets:
             metrics = evaluate(model, val_set, batch_size=profile.batch_size, device=device)
             for name in HEADLINE:
                 rows[name].append(metrics.get(name))
@@ -325,23 +362,14 @@ def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, 
         with the metrics of :data:`ROI_NOISE_KEYS` plus ``num_rois``.
     """
     device = get_device(device)
-    models = dict(models or {})
     crowdings = [float(c) for c in crowdings]
-    val_sets = [synth_splits(profile, seed, crowding, val_images)[1] for crowding in crowdings]
-    noise = []
-    for val_set in val_sets:
-        fractions = torch.cat([other_person_fraction(val_set[i]) for i in range(len(val_set))])
-        noise.append(float(fractions.mean()) if len(fractions) else 0.0)
+    val_sets, noise = _crowded_val_sets(profile, seed, crowdings, val_images)
+    models, configs = _sweep_models(profile, variants, device, models, out_root, seed)
     table: dict[str, dict[str, list]] = {}
-    configs = {}
-    for attention in variants:
-        key = variant_key(attention)
-        if key not in models:
-            models[key], _, configs[key] = train_variant(profile, attention, device, out_root=out_root, seed=seed,
-                                                         with_eval=False)
+    for key, model in models.items():
         rows: dict[str, list] = {name: [] for name in (*ROI_NOISE_KEYS, "num_rois")}
         for val_set in val_sets:
-            scores = roi_noise(models[key], val_set, profile.batch_size, device)
+            scores = roi_noise(model, val_set, profile.batch_size, device)
             for name in rows:
                 rows[name].append(scores[name])
         table[key] = rows
