@@ -194,6 +194,28 @@ def test_results_carry_provenance_and_are_atomic(tmp_results):
         write_result("../escape", {}, profile="smoke")
 
 
+def test_provenance_dirty_flag_ignores_results_files(tmp_path, monkeypatch):
+    import subprocess
+
+    from hparse.engine import results
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text("{}\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(results, "_REPO_ROOT", tmp_path)
+    assert results.provenance()["git_dirty"] is False
+    (tmp_path / "results" / "run.json").write_text('{"metrics": 1}\n')  # a rerun rewrites a committed result
+    assert results.provenance()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")  # changed code is what makes a run dirty
+    assert results.provenance()["git_dirty"] is True
+
+
 # ------------------------------------------------------------------------------------------------- viz
 
 

@@ -48,8 +48,12 @@ def device_name(device: torch.device | str | None = None) -> str:
 
 
 def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Where a number comes from: commit, dirty flag, device, library versions, host, date (UTC)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """Where a number comes from: commit, dirty flag, device, library versions, host, date (UTC).
+
+    ``git_dirty`` says whether tracked files *other than* ``results/`` differ from the commit: a run that rewrites a
+    committed results file (the second variant of an ablation, a rerun) is still a run of the committed code.
+    """
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
