@@ -67,7 +67,7 @@ def run(profile: Profile, device: torch.device) -> dict:
 
     def box_pool(op):
         def pool(inputs):
-            return torch.cat([op(inputs[level], rois[level_of == level], 14, scales[level], 2)
+            return torch.cat([op(inputs[level], rois[level_of == level].to(inputs[level].dtype), 14, scales[level], 2)
                               for level in range(4)])
         return pool
 
@@ -75,7 +75,7 @@ def run(profile: Profile, device: torch.device) -> dict:
         def pool(inputs):
             fused = None
             for level in range(4):
-                pooled = op(inputs[level], parsing_lists, 28, scales[level], 2)
+                pooled = op(inputs[level], [b.to(inputs[level].dtype) for b in parsing_lists], 28, scales[level], 2)
                 fused = pooled if fused is None else torch.maximum(fused, pooled)
             return fused
         return pool
