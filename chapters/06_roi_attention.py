@@ -386,8 +386,8 @@ display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else ""
 #   leaks nothing, so leakage is read together with recall);
 # - **RoI mIoU**: the part mIoU inside the boxes, background included.
 #
-# This measure needs a trained parsing branch but no trained detector, so it separates the variants earlier in
-# training than AP does.
+# This measure needs a trained parsing branch but no trained detector, so it can tell the variants apart earlier in
+# training than AP can. Leakage is read beside recall: a model that labels more of every box raises both.
 
 # %%
 start = time.perf_counter()
