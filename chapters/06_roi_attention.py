@@ -362,7 +362,13 @@ for i, crowding in enumerate(sweep["crowding"]):
     lines.append(f"| {crowding:.2f} | {100 * sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(row) + " |")
 valid = [(c, g) for c, g in zip(sweep["crowding"], gains["APr50"]) if g is not None]
 verdict = ""
-if len(valid) >= 2:
+NOISE_POINTS = 0.5  # below this, a difference in AP between two single-seed runs is not read as an effect
+spread = max((abs(g) for _, g in valid), default=0.0)
+if len(valid) >= 2 and spread < NOISE_POINTS:
+    verdict = (f"\n\nThe AP^r_50 gain from attention stays within ±{spread:.2f} points at every crowding, below the "
+               f"{NOISE_POINTS} points we would read as an effect: this run measures no effect of attention at any "
+               "crowding.")
+elif len(valid) >= 2:
     best = max(valid, key=lambda cg: cg[1])
     trend = "grows" if valid[-1][1] > valid[0][1] else "does not grow"
     verdict = (f"\n\nThe AP^r_50 gain from attention (points) {trend} from the sparsest to the most crowded val set "
