@@ -15,7 +15,7 @@ person's box is parsed (oracle RoIs), and the 56x56 labels are scored against th
 *other* people inside the box get a part label (``other_leakage``, the "noise from other instances" of Sec. 3.1), how
 many of the person's own cells do (``own_recall``), and the part mIoU inside the boxes (``roi_mIoU``). It writes
 ``results/<profile>/attention_rcnn/roi_noise.json``. Detection AP needs a trained detector; this measure needs only a
-trained parsing branch, so it tells the variants apart earlier in training.
+trained parsing branch, so it can tell the variants apart earlier in training.
 
 Run folders (checkpoints, logs) are ``<out_root>/<profile>/<variant>``::
 
@@ -37,6 +37,7 @@ from ..data.contract import IGNORE_INDEX
 from ..engine.profiles import Profile, get_device, get_profile, seed_everything
 from ..engine.results import find_results, write_result
 from ..engine.trainer import evaluate, train
+from ..metrics.semantic import SemanticIoU
 from ..models import build_model
 from ..models.attention_rcnn import ATTENTION_VARIANTS, synth_recipe
 from ..models.targets import parsing_targets, sample_label_maps
@@ -302,14 +303,14 @@ def roi_noise(model: torch.nn.Module, dataset, batch_size: int = 4, device: torc
 
     Returns:
         ``{"other_leakage": share of other-people cells given a part label (lower is better), "own_recall": share
-        of k's labelled part cells given a part label, "roi_mIoU": mean IoU of the part classes present (background
-        included) over all RoI cells, "roi_pixel_acc": share of labelled cells with the right label, "num_rois",
+        of k's labelled part cells given a part label, "roi_mIoU": mIoU over all RoI cells with the rule of
+        :mod:`hparse.metrics.semantic` (background included, classes absent from targets and labels skipped),
+        "roi_pixel_acc": share of labelled cells with the right label, "num_rois",
         "other_cells": how many other-people cells were scored}``.
     """
     device = get_device(device)
     model = model.to(device).eval()
-    num_classes = None
-    confusion = None
+    semantic_iou = None  # the split-wide confusion matrix of hparse.metrics' mIoU, over RoI cells instead of pixels
     leaked = others = recalled = own = rois = 0
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -319,32 +320,27 @@ def roi_noise(model: torch.nn.Module, dataset, batch_size: int = 4, device: torc
         boxes = [s["boxes"].to(device) for s in samples]
         maps = model.roi_maps([s["image"].to(device) for s in samples], boxes)
         labels = torch.cat([m["labels"] for m in maps])  # (R, M, M) predicted part labels
-        probs = maps[0]["parsing"]
-        num_classes, size = probs.shape[1], labels.shape[-1]
+        if semantic_iou is None:
+            semantic_iou = SemanticIoU(maps[0]["parsing"].shape[1], ignore_index=IGNORE_INDEX)
         ids = [torch.arange(1, len(b) + 1, device=device) for b in boxes]
         instances = [s["instances"].to(device) for s in samples]
-        target = parsing_targets([s["semantic"].to(device) for s in samples], instances, boxes, ids, size)
-        owner = sample_label_maps([i[None] for i in instances], boxes, size)[:, 0]  # (R, M, M) person id per cell
+        target = parsing_targets([s["semantic"].to(device) for s in samples], instances, boxes, ids,
+                                 labels.shape[-1])
+        owner = sample_label_maps([i[None] for i in instances], boxes, labels.shape[-1])[:, 0]  # person id per cell
         other = (owner > 0) & (owner != torch.cat(ids).view(-1, 1, 1)) & (target != IGNORE_INDEX)
+        mine = (target > 0) & (target != IGNORE_INDEX)
         part = labels > 0
         leaked += int((part & other).sum())
         others += int(other.sum())
-        mine = (target > 0) & (target != IGNORE_INDEX)
         recalled += int((part & mine).sum())
         own += int(mine.sum())
         rois += len(labels)
-        valid = target != IGNORE_INDEX
-        counts = torch.bincount(target[valid] * num_classes + labels[valid], minlength=num_classes**2)
-        confusion = counts if confusion is None else confusion + counts
-    if confusion is None:
+        semantic_iou.update_checked(labels, target)
+    if semantic_iou is None:
         return {key: None for key in ROI_NOISE_KEYS} | {"num_rois": 0, "other_cells": 0}
-    confusion = confusion.view(num_classes, num_classes).double()  # rows: target, columns: prediction
-    true, predicted, hit = confusion.sum(1), confusion.sum(0), confusion.diag()
-    present = true > 0
-    iou = hit[present] / (true + predicted - hit)[present]
+    inside = semantic_iou.compute()
     return {"other_leakage": leaked / others if others else None, "own_recall": recalled / own if own else None,
-            "roi_mIoU": float(iou.mean()), "roi_pixel_acc": float(hit.sum() / confusion.sum()), "num_rois": rois,
-            "other_cells": others}
+            "roi_mIoU": inside["mIoU"], "roi_pixel_acc": inside["pixel_acc"], "num_rois": rois, "other_cells": others}
 
 
 def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, *,
