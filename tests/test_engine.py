@@ -109,7 +109,7 @@ def test_kill_and_resume_reproduces_the_loss_curve(tmp_path):
 def test_resume_refuses_another_schedule(tmp_path):
     train(ToyModel(), ToyDataset(), iterations=4, out_dir=tmp_path, checkpoint_every=2, **FAST)
     # Continuing the finished 4-step run to 8 steps would keep its 4-step schedule (warm-up, decay points).
-    with pytest.raises(ValueError, match=r"another learning-rate schedule \(iterations 4 -> 8"):
+    with pytest.raises(ValueError, match=r"train.iterations: 4 -> 8"):
         train(ToyModel(), ToyDataset(), iterations=8, out_dir=tmp_path, checkpoint_every=2, **FAST)
     again = train(ToyModel(), ToyDataset(), iterations=4, out_dir=tmp_path, checkpoint_every=2, **FAST)
     assert again["step"] == 4  # the same settings load the finished run

@@ -89,10 +89,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written by hparse.engine (whose "
+                              "writes are atomic) or its disk filled up. Delete it, or start the run over "
+                              "(--no-resume)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"could not read checkpoint {path}: {type(err).__name__}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"could not read checkpoint {path} ({type(err).__name__}: {first}); the file is "
+                              f"truncated, corrupt or not a checkpoint. Delete it, or start the run over "
+                              f"(--no-resume)") from err
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -14,12 +14,20 @@ What the loop guarantees:
   losses exactly (on a CPU; CUDA kernels may add their own nondeterminism).
 - **Seeded determinism**: the same seed gives the same run.
 - **Fail loudly**: a NaN or infinite loss stops training with an error naming the step and the loss term.
+- **One run per folder** (:mod:`hparse.engine.identity`, :mod:`hparse.engine.rundir`): a checkpoint records the
+  run's identity and is resumed only by the same run (:class:`~hparse.engine.identity.RunMismatchError` lists each
+  difference otherwise); a lock file keeps a second run out of a folder in use; temporary files of an interrupted
+  write are removed at the next start; a fresh start moves an earlier log aside instead of deleting it.
+- **Bad files**: a dataset file that cannot be read mid-run (a :class:`~hparse.data.io.DatasetError`) stops the run
+  with a checkpoint at that step and a :class:`BadSampleError` naming the file, or, with ``skip_bad=True``, is
+  replaced by the next readable image and listed in the log (``"kind": "skip"``) and the summary.
 - **GPU path**: AMP (bfloat16 where supported, else float16 with a gradient scaler), ``channels_last``, pinned
   memory and worker processes; multi-GPU / multi-node with DDP through torchrun (:mod:`hparse.engine.distributed`);
   the same code runs DDP on CPU with gloo.
 - **Records**: a JSON-lines log (``train_log.jsonl``: one line per step with every loss term, learning rate, gradient
-  norm and images/s, plus one line per evaluation), a tqdm progress bar, and optionally a results file with
-  provenance (:func:`hparse.engine.results.write_result`).
+  norm and images/s, plus one line per evaluation), a tqdm progress bar, the run's own record ``result.json`` in the
+  run folder and, only when named, a results file with provenance (:func:`hparse.engine.results.write_result`, which
+  refuses to replace another or a longer run's record unless forced).
 
 Schedule defaults follow Parsing R-CNN's (Detectron-style) recipe: SGD, momentum 0.9, weight decay 1e-4, biases at
 twice the learning rate without weight decay, linear warm-up from 1 % of the learning rate, steps x0.1 at 2/3 and 8/9
@@ -31,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +52,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.collate import collate_detection, targets_to
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..data.io import DatasetError
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import (
     all_gather_object,
     all_reduce_mean,
@@ -51,11 +61,20 @@ from .distributed import (
     init_distributed,
     unwrap_model,
 )
+from .identity import check_same_run, run_identity
 from .profiles import get_device, get_profile, seed_everything
-from .results import atomic_write_text, write_result
+from .results import (
+    RUN_RECORD_NAME,
+    atomic_write_text,
+    check_replace,
+    result_path,
+    write_result,
+    write_run_record,
+)
+from .rundir import RunLock, move_aside, remove_orphaned_tmp
 
 __all__ = ["train", "evaluate", "StepSampler", "PositionedDataset", "build_optimizer", "LRSchedule",
-           "LOG_NAME", "read_log"]
+           "LOG_NAME", "read_log", "BadSampleError"]
 
 LOG_NAME = "train_log.jsonl"
 
@@ -95,16 +114,35 @@ class StepSampler(Sampler):
             position += 1
 
 
+class BadSampleError(DatasetError):
+    """A training image could not be read mid-run; the run stopped with a checkpoint at ``step``."""
+
+    def __init__(self, path, message: str, step: int, checkpoint: Path | None):
+        super().__init__(path, message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def _bad(index: int, err: DatasetError) -> dict:
+    return {"index": int(index), "file": str(err.path), "error": err.message}
+
+
 class PositionedDataset(Dataset):
     """Reads ``(position, index)`` keys: sample ``index`` with its augmentation seeded by ``(seed, position)``.
 
     Python's, NumPy's and torch's global RNGs are seeded for the duration of the read and restored afterwards, so the
     random transforms (``RandomHorizontalFlip`` uses ``random``) give the same result for the same position in any
     worker, in any run.
+
+    A sample that raises :class:`~hparse.data.io.DatasetError` (a corrupt file) is not raised from here, because a
+    DataLoader worker would turn it into a bare ``RuntimeError`` holding a traceback: it comes back as
+    ``{"bad_sample": {...}}`` for the trainer to stop on, or, with ``skip_bad``, is replaced by the next readable
+    image (``index + 1``, ``index + 2``, ..., deterministic, so resume stays exact) whose ``meta["replaced_bad"]``
+    lists what was skipped.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, transform: Callable[[dict], dict] | None = None):
-        self.dataset, self.seed, self.transform = dataset, seed, transform
+    def __init__(self, dataset: Dataset, seed: int, transform: Callable[[dict], dict] | None = None,
+                 skip_bad: bool = False):
+        self.dataset, self.seed, self.transform, self.skip_bad = dataset, seed, transform, skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -112,8 +150,34 @@ class PositionedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, index = key
         with _seeded((self.seed * 7_919 + position) % (2**63)):
-            sample = self.dataset[index]
+            try:
+                sample = self.dataset[index]
+            except DatasetError as err:
+                bad = [_bad(index, err)]
+                if not self.skip_bad:
+                    return {"bad_sample": bad}
+                sample = self._replacement(index, bad)
+                if sample is None:
+                    return {"bad_sample": bad}
             return self.transform(sample) if self.transform is not None else sample
+
+    def _replacement(self, index: int, bad: list[dict]) -> dict | None:
+        size = len(self.dataset)
+        for offset in range(1, size):
+            other = (index + offset) % size
+            try:
+                sample = self.dataset[other]
+            except DatasetError as err:
+                bad.append(_bad(other, err))
+                continue
+            return {**sample, "meta": {**sample["meta"], "replaced_bad": bad}}
+        return None  # every image is bad
+
+
+def _collate_or_bad(batch: list[dict]):
+    """:func:`collate_detection`, or the ``bad_sample`` records of the batch when it has any."""
+    bad = [record for sample in batch for record in sample.get("bad_sample", ())]
+    return {"bad_sample": bad} if bad else collate_detection(batch)
 
 
 @contextlib.contextmanager
@@ -197,24 +261,6 @@ class LRSchedule:
         return factor
 
 
-def _check_same_schedule(path: Path, checkpoint: dict, requested: LRSchedule) -> None:
-    """Refuse to resume a run under another schedule than the one it was started with.
-
-    The scheduler's state holds the run's :class:`LRSchedule`, and loading it would silently replace the requested
-    one: a 150-step run "resumed" to 600 steps would train its last 450 steps at the decayed learning rate.
-    """
-    saved = (checkpoint.get("scheduler") or {}).get("lr_lambdas") or [None]
-    saved = saved[0]
-    if not isinstance(saved, dict):
-        return  # a checkpoint without a recorded schedule: nothing to compare
-    differ = {key: (saved.get(key), value) for key, value in vars(requested).items() if saved.get(key) != value}
-    if differ:
-        what = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in differ.items())
-        raise ValueError(f"checkpoint {path} was trained with another learning-rate schedule ({what}); resuming it "
-                         "would not follow the requested one. Train with the run's own settings to continue it, or "
-                         "use a new out_dir (or resume=False; --no-resume on the command line) to start afresh")
-
-
 # ------------------------------------------------------------------------------------------------------ train
 
 
@@ -290,6 +336,8 @@ def train(
     config: dict[str, Any] | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     find_unused_parameters: bool = False,
+    skip_bad: bool = False,
+    force_record: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` for ``iterations`` optimiser steps.
 
@@ -308,8 +356,11 @@ def train(
             0 disables it (e.g. when the dataset's own transform already flips).
         eval_dataset, eval_every, eval_batch_size: evaluate every ``eval_every`` steps (0: only at the end) and
             at the end, on the main process.
-        out_dir: where ``checkpoint.pt`` and ``train_log.jsonl`` are written.
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        out_dir: the run folder: ``checkpoint.pt``, ``train_log.jsonl`` and the run's record ``result.json``.
+            One run at a time may use it (a lock file, ``.lock``).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists, which must be a checkpoint of the same run
+            (same model, hyper-parameters, dataset and ``config``; :mod:`hparse.engine.identity`). A fresh start
+            moves an earlier log and record aside (``train_log.<time>.jsonl``) instead of deleting them.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         seed: seeds the model's randomness, the data order and the augmentations.
         device: default CUDA when available (in DDP: ``cuda:LOCAL_RANK``).
@@ -317,23 +368,37 @@ def train(
         channels_last: NHWC memory format (default: on with CUDA).
         num_workers: DataLoader worker processes.
         progress: show a tqdm bar (main process only).
-        result_name, profile, config: when ``result_name`` is given, the final metrics and training summary are
-            written to ``results/<profile>/<result_name>.json`` with provenance and ``config``.
+        result_name, profile, config: the final metrics and training summary are written with provenance and
+            ``config`` to ``out_dir/result.json`` and, when ``result_name`` is given, to
+            ``results/<profile>/<result_name>.json``, which is checked before training: an existing record of
+            another config or of more iterations is not replaced unless ``force_record``.
         on_step: called as ``on_step(step, record)`` after each step (and its checkpoint); raising stops training.
         find_unused_parameters: passed to DDP.
+        skip_bad: replace a training image whose file cannot be read by the next readable one and list it (log
+            records ``"kind": "skip"``, summary ``skipped``) instead of stopping.
+        force_record: replace an existing ``results/`` record even if it holds another or a longer run.
 
     Returns:
         dict with ``step`` (last step), ``history`` (per-step records of the whole run, including the part before a
-        resume), ``metrics`` (last evaluation or ``None``), ``checkpoint`` (path), ``wall_time_s`` and
-        ``images_per_s`` (this process's training throughput).
+        resume), ``metrics`` (last evaluation or ``None``), ``checkpoint`` (path), ``wall_time_s``,
+        ``images_per_s`` (this process's training throughput) and ``skipped`` (bad images replaced, with
+        ``skip_bad``).
 
     Raises:
         FloatingPointError: a loss term became NaN or infinite (the message names the step and the term).
+        RunMismatchError: ``out_dir`` holds a checkpoint of another run (the message lists each difference).
+        BadSampleError: a training file could not be read (the run's checkpoint is saved at that step first).
+        RunLockedError: another run is using ``out_dir``.
+        ResultConflictError: ``result_name``'s record holds another or a longer run.
+        CheckpointError: the checkpoint to resume cannot be read.
     """
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, value in (("iterations", iterations), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     started = time.perf_counter()
     info = init_distributed()
     device = torch.device(f"cuda:{info.local_rank}") if info.world_size > 1 and torch.cuda.is_available() \
@@ -344,22 +409,66 @@ def train(
     main = info.is_main
     amp_dtype = _amp_dtype(device, amp)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
+    config = _plain(config or {})
+    profile_name = profile or (get_profile().name if result_name else None)
+    if result_name and main and not force_record:  # refuse now, not after hours of training
+        check_replace(result_path(result_name, profile_name), config, iterations)
 
     base = unwrap_model(model)
+    hyper = dict(iterations=iterations, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                 momentum=momentum, warmup=warmup, warmup_factor=warmup_factor, schedule=schedule,
+                 milestones=milestones, clip_grad=clip_grad, hflip=hflip, seed=seed)
+    identity = run_identity(base, dataset, config, hyper)
+    lock = RunLock(out_dir).acquire() if main else None
+    try:
+        return _train_locked(
+            model, base, dataset, identity=identity, lock=lock, info=info, device=device, out_dir=out_dir,
+            ckpt_path=ckpt_path, log_path=log_path, amp_dtype=amp_dtype, channels_last=channels_last,
+            config=config, profile_name=profile_name, started=started, resume=resume, hyper=hyper,
+            eval_dataset=eval_dataset, eval_every=eval_every, eval_batch_size=eval_batch_size,
+            checkpoint_every=checkpoint_every, num_workers=num_workers, progress=progress, result_name=result_name,
+            on_step=on_step, find_unused_parameters=find_unused_parameters, skip_bad=skip_bad,
+            force_record=force_record)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _load_for_resume(ckpt_path: Path) -> dict:
+    try:
+        return load_checkpoint(ckpt_path, map_location="cpu")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (this run cannot resume from it: start over with --no-resume "
+                              f"(resume=False), or use another --out (out_dir))") from err
+
+
+def _train_locked(model, base, dataset, *, identity, lock, info, device, out_dir, ckpt_path, log_path, amp_dtype,
+                  channels_last, config, profile_name, started, resume, hyper, eval_dataset, eval_every,
+                  eval_batch_size, checkpoint_every, num_workers, progress, result_name, on_step,
+                  find_unused_parameters, skip_bad, force_record) -> dict[str, Any]:
+    """:func:`train` once the run folder is locked (``lock`` is ``None`` on processes other than the main one)."""
+    main = info.is_main
+    iterations, batch_size, seed = hyper["iterations"], hyper["batch_size"], hyper["seed"]
+    lr_schedule = LRSchedule(iterations, hyper["warmup"], hyper["warmup_factor"], hyper["schedule"],
+                             hyper["milestones"])
+    checkpoint = None
+    if main:
+        remove_orphaned_tmp(out_dir)  # left by a process killed while writing; we hold the lock
+    if resume and ckpt_path.exists():
+        checkpoint = _load_for_resume(ckpt_path)
+        check_same_run(ckpt_path, checkpoint, identity, vars(lr_schedule))
+
     base.to(device)
     if channels_last:
         base.to(memory_format=torch.channels_last)
         if hasattr(base, "channels_last"):
             base.channels_last = True
-    opt = build_optimizer(base, optimizer, lr, weight_decay, momentum)
-    lr_schedule = LRSchedule(iterations, warmup, warmup_factor, schedule, milestones)
+    opt = build_optimizer(base, hyper["optimizer"], hyper["lr"], hyper["weight_decay"], hyper["momentum"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     step = 0
-    if resume and ckpt_path.exists():
-        checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_same_schedule(ckpt_path, checkpoint, lr_schedule)
+    if checkpoint is not None:
         base.load_state_dict(checkpoint["model"])
         opt.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -374,8 +483,10 @@ def train(
             _truncate_log(log_path, step)
     else:
         seed_everything(seed + info.rank)  # distinct RoI sampling per process; DDP broadcasts rank 0's weights
-        if main and log_path.exists():
-            log_path.unlink()
+        if main:  # an earlier run's log and record are kept beside, never deleted
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            move_aside(log_path, stamp)
+            move_aside(out_dir / RUN_RECORD_NAME, stamp)
     barrier()
 
     model_for_step: nn.Module = base
@@ -386,13 +497,14 @@ def train(
 
     sampler = StepSampler(len(dataset), seed, start=step * batch_size, rank=info.rank, world_size=info.world_size)
     loader = DataLoader(
-        PositionedDataset(dataset, seed, _flip_transform(dataset, hflip)), batch_size=batch_size, sampler=sampler,
-        collate_fn=collate_detection, num_workers=num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
+        PositionedDataset(dataset, seed, _flip_transform(dataset, hyper["hflip"]), skip_bad=skip_bad),
+        batch_size=batch_size, sampler=sampler, collate_fn=_collate_or_bad, num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # keeps the loader off the global RNG (exact resume)
     )
     batches = iter(loader)
     history = read_log(out_dir) if (main and step > 0) else []
+    skipped = read_log(out_dir, "skip") if (main and step > 0) else []
     metrics = None
     bar = None
     if progress and main:
@@ -407,7 +519,7 @@ def train(
                 "model": base.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "samples_per_process": step * batch_size,
                 "world_size": info.world_size, "rng": states,
-                "model_config": getattr(base, "build_config", None), "config": _plain(config or {}),
+                "model_config": getattr(base, "build_config", None), "config": config, "identity": identity,
             })
         barrier()
 
@@ -423,12 +535,37 @@ def train(
         barrier()
         return result
 
+    def stop_on_bad(bad: list[dict]) -> None:
+        """A file could not be read: keep what was trained (a checkpoint at this step), then say which file."""
+        saved = None
+        if info.world_size == 1:  # in DDP the other processes are not at this point: keep the last checkpoint
+            save()
+            saved = ckpt_path
+        first = bad[0]
+        where = f"a checkpoint at step {step} is saved in {ckpt_path}" if saved else \
+            f"the last checkpoint is {ckpt_path}"
+        raise BadSampleError(first["file"], f"{first['error']} (image {first['index']} of the training set). "
+                             f"Training stopped before step {step + 1}; {where}. Replace or remove the file (`hparse "
+                             f"data verify` lists every bad file) and rerun the same command to resume, or pass "
+                             f"--skip-bad (skip_bad=True) to train on without it", step, saved)
+
     base.train()
     train_images, train_time = 0, 0.0
     try:
         while step < iterations:
             tick = time.perf_counter()
-            images, targets = next(batches)
+            batch = next(batches)
+            if isinstance(batch, dict):
+                stop_on_bad(batch["bad_sample"])
+            images, targets = batch
+            for target in targets:
+                for record in target["meta"].pop("replaced_bad", ()):
+                    record = {"kind": "skip", "step": step + 1, **record}
+                    skipped.append(record)
+                    if main:
+                        _append(log_path, record)
+                    if bar is not None:
+                        bar.write(f"skipped {record['file']}: {record['error']}")
             images = [img.to(device, non_blocking=True) for img in images]
             targets = targets_to(targets, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -439,7 +576,7 @@ def train(
             scaler.scale(total).backward()
             scaler.unscale_(opt)
             params = [p for p in base.parameters() if p.grad is not None]
-            max_norm = clip_grad if clip_grad is not None else float("inf")
+            max_norm = hyper["clip_grad"] if hyper["clip_grad"] is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
             scaler.step(opt)
             scaler.update()
@@ -476,14 +613,19 @@ def train(
     wall = time.perf_counter() - started
     summary = {
         "step": step, "history": history, "metrics": metrics, "checkpoint": str(ckpt_path), "wall_time_s": wall,
-        "images_per_s": train_images / max(train_time, 1e-9),
+        "images_per_s": train_images / max(train_time, 1e-9), "skipped": skipped,
     }
-    if result_name and main:
+    if main:
         final = history[-1] if history else {}
         numbers = {**(metrics or {}), "train_final_loss": final.get("loss"),
-                   "train_images_per_s": summary["images_per_s"], "iterations": step}
-        write_result(result_name, numbers, profile=profile or get_profile().name, config=_plain(config or {}),
-                     wall_time_s=wall, device=device)
+                   "train_images_per_s": summary["images_per_s"], "iterations": step,
+                   "skipped_bad_images": len(skipped)}
+        record_profile = profile_name or get_profile().name
+        summary["record"] = str(write_run_record(out_dir, numbers, profile=record_profile, name=result_name,
+                                                 config=config, wall_time_s=wall, device=device))
+        if result_name:
+            summary["result"] = str(write_result(result_name, numbers, profile=record_profile, config=config,
+                                                 wall_time_s=wall, device=device, force=force_record))
     return summary
 
 
