@@ -45,6 +45,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..ops.roi_align import MultiScaleRoIAlign
 from .backbone import FPN_LEVELS
+from .inputs import check_images
 
 __all__ = ["DetectionTransform", "BoxRoIHeads", "BranchRoIs", "TopDownParser", "PERSON", "scaled_anchor_sizes"]
 
@@ -266,13 +267,11 @@ class TopDownParser(nn.Module, ABC):
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
         """Training: ``dict`` of losses. Evaluation: ``list`` of prediction-contract dicts, one per image."""
+        check_images(images)  # a list of finite (3, H, W) float images in [0, 1]
         if self.training and targets is None:
             raise ValueError("in training mode the model needs targets: model(images, targets)")
         if targets is not None and len(targets) != len(images):
             raise ValueError(f"got {len(images)} images but {len(targets)} targets")
-        for index, image in enumerate(images):
-            if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"image {index} must be a (3, H, W) tensor, got {tuple(image.shape)}")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         det_targets, person_ids = self._detection_targets(targets) if self.training else (None, None)
         image_list, det_targets = self.transform(list(images), det_targets)
