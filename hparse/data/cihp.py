@@ -45,6 +45,7 @@ from .io import (
     Problems,
     boxes_from_instances,
     check_same_size,
+    check_sizes_before_decode,
     compact_ids,
     first_missing,
     list_dir,
@@ -129,9 +130,10 @@ class CIHP(ParsingDataset):
         problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         image_path = self.image_path(image_id)
+        category_path, human_path = self.label_path("Category_ids", image_id), self.label_path("Human_ids", image_id)
+        check_sizes_before_decode(image_path, (category_path, human_path), problems)
         image = problems.attempt(read_image, image_path)
         hw = None if image is None else image.shape[:2]
-        category_path, human_path = self.label_path("Category_ids", image_id), self.label_path("Human_ids", image_id)
         category = read_checked_label(category_path, hw, image_path, problems, self.labels, "category")
         human = read_checked_label(human_path, hw, image_path, problems)
         if thorough and category is not None and human is not None and category.shape == human.shape:

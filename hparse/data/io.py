@@ -6,7 +6,11 @@ here, so the same problems produce the same messages everywhere:
 
 - a missing root, list file or listed file;
 - an unreadable or corrupt image or PNG (PIL cannot decode it, or it is truncated);
-- a label map whose size differs from its image;
+- a label map whose size differs from its image (checked from the files' headers before anything is decoded, see
+  :func:`check_sizes_before_decode`);
+- an image whose header claims more than :data:`MAX_IMAGE_PIXELS` (a corrupt file or a decompression bomb: decoding
+  it would take gigabytes);
+- an image id listed twice in a split's list file (it would be trained on twice and scored twice);
 - label values outside the dataset's label set (255, the ignore value, is always allowed);
 - person ids that disagree between two files of one image.
 
@@ -54,6 +58,9 @@ __all__ = [
     "read_image",
     "read_label_png",
     "read_id_list",
+    "MAX_IMAGE_PIXELS",
+    "header_size",
+    "check_sizes_before_decode",
     "require_dir",
     "list_dir",
     "check_same_size",
@@ -143,8 +150,12 @@ def list_dir(path: Path) -> set[str]:
         return {entry.name for entry in entries}
 
 
-def read_id_list(path: str | os.PathLike, what: str) -> list[str]:
-    """Non-empty stripped lines of a list file; raise a :class:`DatasetNotFoundError` if it is missing."""
+def read_id_list(path: str | os.PathLike, what: str, unique: bool = True) -> list[str]:
+    """Non-empty stripped lines of a list file; raise a :class:`DatasetNotFoundError` if it is missing.
+
+    With ``unique`` (the default) a line listed twice is a :class:`DatasetError` naming both line numbers: a split
+    with an image twice trains on it twice and, worse, scores it twice.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(path, f"does not exist; expected {what}")
@@ -152,16 +163,73 @@ def read_id_list(path: str | os.PathLike, what: str) -> list[str]:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(path, f"cannot be read as a text list ({err})") from None
-    return [line.strip() for line in lines if line.strip()]
+    ids, first_line = [], {}
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if unique and line in first_line:
+            raise DatasetError(path, f"line {number}: {line!r} is already listed on line {first_line[line]}; each "
+                               "image may be listed once (remove the duplicate line)")
+        first_line.setdefault(line, number)
+        ids.append(line)
+    return ids
 
 
-def _open(path: Path, kind: str) -> Image.Image:
+#: The largest image hparse decodes, in pixels (width x height). The real datasets' images are far smaller (CIHP and
+#: PASCAL at most ~0.5 megapixels, MHP v2 and COCO a few megapixels); a header claiming more is a corrupt file or a
+#: decompression bomb, and decoding it would take gigabytes of memory. Raise it here for a dataset of larger images.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _open_header(path: Path, kind: str) -> Image.Image:
+    """Open ``path`` reading only its header (size, mode); refuse a missing file and an oversized image."""
     if not path.is_file():
         raise DatasetError(path, f"{kind} is missing")
     try:
         img = Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(path, f"{kind} is unreadable or corrupt ({err})") from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DatasetError(path, f"{kind} header says {width}x{height} pixels, more than hparse.data.io."
+                           f"MAX_IMAGE_PIXELS ({MAX_IMAGE_PIXELS:,}); the file is corrupt or not a dataset image "
+                           "(raise the limit if it is a genuine image)")
+    return img
+
+
+def header_size(path: str | os.PathLike, kind: str = "image") -> tuple[int, int]:
+    """(H, W) of an image file from its header alone (no decode); :class:`DatasetError` naming the file if it is
+    missing, unreadable or larger than :data:`MAX_IMAGE_PIXELS`."""
+    with _open_header(Path(path), kind) as img:
+        width, height = img.size
+    return height, width
+
+
+def check_sizes_before_decode(image_path: Path, label_paths: Sequence[Path], problems: Problems) -> None:
+    """Compare the sizes in the headers of an image and its label maps before any of them is decoded.
+
+    A mismatch then costs two header reads instead of decoding a possibly huge image first. Only for a raising
+    ``problems`` (``dataset[i]``): a collecting one (``hparse data verify``) decodes every file anyway and reports
+    the same mismatch, with the label values, from the full read. Missing labels are left to that read too.
+    """
+    if problems.collect:
+        return
+    hw = header_size(image_path, "image")
+    for path in label_paths:
+        if path.is_file():
+            label_hw = header_size(path, "label PNG")
+            if label_hw != hw:
+                (h, w), (ih, iw) = label_hw, hw
+                raise DatasetError(path, f"size {w}x{h} differs from its image {image_path} ({iw}x{ih})")
+
+
+def _open(path: Path, kind: str) -> Image.Image:
+    img = _open_header(path, kind)
+    try:
         img.load()  # decode now, so truncated or corrupt data fails here and not deep inside a batch
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(path, f"{kind} is unreadable or corrupt ({err})") from None
     return img
 

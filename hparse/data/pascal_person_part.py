@@ -55,6 +55,7 @@ from .io import (
     Problems,
     boxes_from_instances,
     check_same_size,
+    check_sizes_before_decode,
     first_missing,
     list_dir,
     make_sample,
@@ -193,6 +194,7 @@ class PascalPersonPart(ParsingDataset):
         problems = Problems() if problems is None else problems
         image_id = self.ids[index]
         image_path, label_path = self.image_path(image_id), self.label_path(image_id)
+        check_sizes_before_decode(image_path, (label_path,), problems)
         image = problems.attempt(read_image, image_path)
         hw = None if image is None else image.shape[:2]
         semantic = read_checked_label(label_path, hw, image_path, problems, self.labels, "part")
