@@ -9,7 +9,7 @@ def test_train_attention_rcnn_from_the_command_line(tmp_path, tmp_results, capsy
     code = main(["train", "--model", "attention_rcnn", "--attention", "dot_after_conv3_sum", "--profile", "smoke",
                  "--iterations", "1", "--out", str(tmp_path / "run")])
     assert code == 0
-    record = json.loads((tmp_results / "smoke" / "attention_rcnn" / "train_synth.json").read_text())
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["config"]["model"]["name"] == "attention_rcnn"
     assert record["config"]["model"]["attention"] == "dot_after_conv3_sum"
     assert (tmp_path / "run" / "checkpoint.pt").exists()

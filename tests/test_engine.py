@@ -303,7 +303,8 @@ def test_cli_demo_train_and_evaluate_checkpoint(tmp_path, tmp_results, capsys):
     demo = tmp_path / "demo"
     assert main(["demo", "--profile", "smoke", "--iterations", "2", "--out", str(demo)]) == 0
     assert (demo / "overlay.png").stat().st_size > 1000 and (demo / "checkpoint.pt").exists()
-    record = json.loads((tmp_results / "smoke" / "parsing_rcnn" / "demo.json").read_text())
+    record = json.loads((demo / "result.json").read_text())  # the run's own record, in its run folder
+    assert not (tmp_results / "smoke" / "parsing_rcnn" / "demo.json").exists()  # results/ only with --record
     assert record["metrics"]["iterations"] == 2 and 0 <= record["metrics"]["mIoU"] <= 1
     assert record["config"]["model"]["gce"] is True and record["provenance"]["git_commit"] is not None
 

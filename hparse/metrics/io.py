@@ -37,6 +37,12 @@ values (8-bit; 16-bit where an id exceeds 255), read as indices, never as colour
   exists, else ``global_seg``.
 
 Image ids are the ground truth's ``meta['id']`` (CIHP: the 7-digit stem; MHP v2: the image stem).
+
+What would corrupt the scores is refused with the file and line: an image listed twice in ``results.txt``, a person
+listed twice for one image, a score outside [0, 1] (scores are probabilities; a raw logit would sort persons on
+another scale; ``allow_raw_scores=True``, ``--allow-raw-scores``, accepts any finite score). Predictions of images
+that are not in the ground truth are not an error but are listed (:meth:`PredictionReader.image_ids`), because
+they usually mean the wrong split or renamed files.
 """
 
 from __future__ import annotations
@@ -167,6 +173,17 @@ def _float(value: str, path: Path, line: int) -> float:
         raise PredictionFormatError(f"{path}, line {line}: {value!r} is not a number") from None
 
 
+def _score(value: str, path: Path, line: int, allow_raw: bool) -> float:
+    """A score field: a number, finite, and in [0, 1] unless ``allow_raw``."""
+    score = _float(value, path, line)
+    if not np.isfinite(score):
+        raise PredictionFormatError(f"{path}, line {line}: score {value!r} is not a finite number")
+    if not allow_raw and not 0.0 <= score <= 1.0:
+        raise PredictionFormatError(f"{path}, line {line}: score {value} is outside [0, 1]; scores are "
+                                    "probabilities (pass --allow-raw-scores to score raw, unbounded values)")
+    return score
+
+
 def _int(value: str, path: Path, line: int) -> int:
     try:
         return int(value)
@@ -181,11 +198,14 @@ class PredictionReader:
         pred_dir: the ``<pred>`` folder.
         num_classes: n, for the part-score columns of the hparse layout.
         layout: ``"auto"`` (:func:`detect_layout`), ``"hparse"``, ``"cihp"`` or ``"mhp"``.
+        allow_raw_scores: accept finite scores outside [0, 1] (default: an error naming the file and line).
     """
 
-    def __init__(self, pred_dir: str | os.PathLike, num_classes: int, layout: str = "auto"):
+    def __init__(self, pred_dir: str | os.PathLike, num_classes: int, layout: str = "auto",
+                 allow_raw_scores: bool = False):
         self.root = Path(pred_dir)
         self.num_classes = num_classes
+        self.allow_raw_scores = allow_raw_scores
         self.layout = detect_layout(self.root) if layout == "auto" else layout
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)} or 'auto', got {layout!r}")
@@ -211,6 +231,13 @@ class PredictionReader:
     def has(self, image_id: str) -> bool:
         """Whether the folder holds a prediction for ``image_id``."""
         return self._marker(image_id).is_file()
+
+    def image_ids(self) -> set[str]:
+        """The ids of every image the folder holds a prediction for (to find those the ground truth lacks)."""
+        if self.layout == "mhp":
+            return {p.stem for p in (self.root / "global_tag").glob("*.png")} | set(self._load_mhp_results())
+        marker = self._marker("any")  # the folder and suffix that mark a prediction
+        return {p.stem for p in marker.parent.glob(f"*{marker.suffix}")}
 
     def read(self, image_id: str, shape: tuple[int, int]) -> dict:
         """The prediction of ``image_id`` as a prediction-contract dict (int64 maps, float32 scores).
@@ -245,19 +272,22 @@ class PredictionReader:
         rows = _read_lines(txt)
         num = len(rows)
         width = max(2, len(str(num)))
-        maps, scores, part_scores = [], [], []
+        maps, scores, part_scores, seen = [], [], [], {}
         for line, row in enumerate(rows, start=1):
             if len(row) not in (2, 2 + self.num_classes):
                 raise PredictionFormatError(f"{txt}, line {line}: expected '<KK> <score>' or '<KK> <score>' and "
                                             f"{self.num_classes} part scores, got {len(row)} fields")
             kk = _int(row[0], txt, line)
+            if kk in seen:
+                raise PredictionFormatError(f"{txt}, line {line}: person {kk} is already listed on line {seen[kk]}")
+            seen[kk] = line
             path = self.root / "person_parsing" / f"{image_id}_{num:0{width}d}_{kk:0{width}d}.png"
             if not path.is_file():
                 raise PredictionFormatError(f"{path}: missing (person {kk} is listed in {txt.name})")
             maps.append(_read_png(path))
-            scores.append(_float(row[1], txt, line))
+            scores.append(_score(row[1], txt, line, self.allow_raw_scores))
             if len(row) > 2:
-                part_scores.append([_float(v, txt, line) for v in row[2:]])
+                part_scores.append([_score(v, txt, line, self.allow_raw_scores) for v in row[2:]])
         if part_scores and len(part_scores) != num:
             raise PredictionFormatError(f"{txt}: part scores on some lines only; give them on every line or none")
         pred = {"person_parts": self._stack(maps, shape, txt),
@@ -278,7 +308,7 @@ class PredictionReader:
             if len(row) != 2:
                 raise PredictionFormatError(f"{txt}, line {line}: expected '<class_id> <score>', got {' '.join(row)!r}")
             classes.append(_int(row[0], txt, line))
-            scores.append(_float(row[1], txt, line))
+            scores.append(_score(row[1], txt, line, self.allow_raw_scores))
         if instance.size and int(instance.max()) > len(rows):
             raise PredictionFormatError(f"{png}: pixel value {int(instance.max())} but {txt.name} lists only "
                                         f"{len(rows)} instances")
@@ -291,12 +321,22 @@ class PredictionReader:
     def _load_mhp_results(self) -> dict[str, list[tuple[int, float]]]:
         if self._mhp_results is None:
             path = self.root / "results.txt"
-            results = {}
+            results, first_line = {}, {}
             for line, row in enumerate(_read_lines(path), start=1):
                 if len(row) % 2 != 1:
                     raise PredictionFormatError(f"{path}, line {line}: expected '<id> <pid> <score> ...' pairs")
-                results[row[0]] = [(_int(row[i], path, line), _float(row[i + 1], path, line))
-                                   for i in range(1, len(row), 2)]
+                if row[0] in first_line:
+                    raise PredictionFormatError(f"{path}, line {line}: image {row[0]!r} is already listed on line "
+                                                f"{first_line[row[0]]}; list each image once, with all its persons")
+                first_line[row[0]] = line
+                persons = [(_int(row[i], path, line), _score(row[i + 1], path, line, self.allow_raw_scores))
+                           for i in range(1, len(row), 2)]
+                pids = [pid for pid, _ in persons]
+                repeated = sorted({pid for pid in pids if pids.count(pid) > 1})
+                if repeated:
+                    raise PredictionFormatError(f"{path}, line {line}: person id {repeated[0]} of image {row[0]!r} "
+                                                "is listed more than once (each person once, with one score)")
+                results[row[0]] = persons
             self._mhp_results = results
         return self._mhp_results
 
