@@ -837,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error prints one message and returns 2 (``--debug``/``HPARSE_DEBUG=1``: raise it)."""
     debug = os.environ.get("HPARSE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    debug = debug or "--debug" in (sys.argv[1:] if argv is None else argv)  # also for errors in the flags
     try:
         args = build_parser().parse_args(argv)
         debug = debug or bool(getattr(args, "debug", False))
