@@ -8,63 +8,76 @@ Columns: item of the issue (1 resume, 2 records, 3 user errors, 4 bad files, 5 e
 
 | # | case                             | before                   | now                            | test (test_...)   |
 |---|----------------------------------|--------------------------|--------------------------------|-------------------|
-| 1 | resume with another --roi-size,  | trained another model    | refused, each ``key: saved ->  | resume_refuses_an |
-|   | --lr, --seed, --no-gce           | from the checkpoint,     | requested``; --no-resume,      | other_run         |
+| 1 | resume with another --roi-size,  | trained another model    | refused, each ``key: saved ->  | resume_refuses_   |
+|   | --lr, --seed, --no-gce           | from the checkpoint,     | requested``; --no-resume,      | another_run       |
 |   |                                  | rewrote the record       | --out                          |                   |
-| 1 | CIHP run folder resumed on       | trained on               | refused: data.type,            | resume_refuses_an |
-|   | SynthCrowd                       |                          | config.dataset                 | other_dataset     |
+| 1 | CIHP run folder resumed on       | trained on               | refused: data.type,            | resume_refuses_   |
+|   | SynthCrowd                       |                          | config.dataset                 | another_dataset   |
 | 1 | resume to more iterations        | schedule-only message    | the same identity message      | test_engine.py    |
-| 2 | demo --iterations 1 --out        | overwrote                | <out>/result.json only         | demo_writes_its_r |
-|   | elsewhere                        | results/.../demo.json    |                                | ecord...          |
-| 2 | two train runs with different    | shared one results/ file | one result.json per run folder | two_runs_keep_the |
-|   | --out                            |                          |                                | ir...             |
-| 2 | --record onto a longer or        | replaced it              | refused before training;       | record_refuses_.. |
-|   | another run's record             |                          | --force replaces               | ., write_result_p |
-|   |                                  |                          |                                | olicy             |
+| 2 | demo --iterations 1 --out        | overwrote                | <out>/result.json only         | demo_writes_its_  |
+|   | elsewhere                        | results/.../demo.json    |                                | record_into_its_  |
+|   |                                  |                          |                                | run_folder        |
+| 2 | two train runs with different    | shared one results/ file | one result.json per run folder | two_runs_keep_    |
+|   | --out                            |                          |                                | their_own_records |
+| 2 | --record onto a longer or        | replaced it              | refused before training;       | record_refuses_   |
+|   | another run's record             |                          | --force replaces               | shorter_or_       |
+|   |                                  |                          |                                | different_run,    |
+|   |                                  |                          |                                | write_result_     |
+|   |                                  |                          |                                | policy            |
 | 3 | iterations, batch, lr, workers,  | traceback, or silently   | exit 2, one line naming the    | user_errors_exit_ |
 |   | sizes, limits out of range;      | used                     | flag, before a model is built  | 2_with_one_line   |
 |   | --out a file or not creatable;   |                          |                                |                   |
 |   | --device nonsense                |                          |                                |                   |
-| 3 | --device cuda without CUDA       | RuntimeError traceback   | exit 2, suggests --device cpu  | device_cuda_witho |
-|   |                                  |                          |                                | ut_cuda           |
+| 3 | --device cuda without CUDA       | RuntimeError traceback   | exit 2, suggests --device cpu  | device_cuda_      |
+|   |                                  |                          |                                | without_cuda      |
 | 3 | HPARSE_PROFILE=bogus             | ValueError traceback     | exit 2 naming HPARSE_PROFILE   | bad_profile_from_ |
 |   |                                  |                          |                                | the_environment   |
-| 3 | zero-byte or truncated           | traceback                | exit 2 naming the file and     | broken_checkpoint |
-|   | checkpoint                       |                          | --no-resume                    | _is_a_user_error  |
+| 3 | zero-byte or truncated           | traceback                | exit 2 naming the file and     | broken_           |
+|   | checkpoint                       |                          | --no-resume                    | checkpoint_is_a_  |
+|   |                                  |                          |                                | user_error        |
 | 3 | empty split                      | 'empty dataset'          | exit 2 naming the split        | empty_split_is_a_ |
 |   |                                  | traceback                |                                | user_error        |
-| 3 | --debug, HPARSE_DEBUG=1          | (no such flag)           | the traceback                  | debug_shows_the_t |
-|   |                                  |                          |                                | raceback          |
-| 4 | corrupt training image met       | traceback; steps since   | checkpoint at that step, error | bad_image_mid_run |
-|   | mid-run (API and CLI);           | the last checkpoint lost | names the file; --skip-bad     | _stops..., cli_ba |
-|   | --skip-bad                       |                          | replaces and lists it          | d_image_mid_run   |
+| 3 | --debug, HPARSE_DEBUG=1          | (no such flag)           | the traceback                  | debug_shows_the_  |
+|   |                                  |                          |                                | traceback         |
+| 4 | corrupt training image met       | traceback; steps since   | checkpoint at that step, error | bad_image_mid_    |
+|   | mid-run (API and CLI);           | the last checkpoint lost | names the file; --skip-bad     | run_stops_with_a_ |
+|   | --skip-bad                       |                          | replaces and lists it          | checkpoint,       |
+|   |                                  |                          |                                | cli_bad_image_    |
+|   |                                  |                          |                                | mid_run           |
 | 5 | an id twice in a split list      | scored twice             | error naming the file and both | duplicate_ids_in_ |
 |   |                                  |                          | lines                          | a_split_list      |
-| 5 | an image twice in results.txt, a | last line won, scored    | error naming the file and line | duplicates_in_mhp |
-|   | person id twice in a line, a     | twice                    |                                | _results          |
+| 5 | an image twice in results.txt, a | last line won, scored    | error naming the file and line | duplicates_in_    |
+|   | person id twice in a line, a     | twice                    |                                | mhp_results       |
 |   | score of 1.5                     |                          |                                |                   |
 | 5 | predictions of images not in the | ignored silently         | listed on stderr and in --json | evaluate_reports_ |
-|   | ground truth                     |                          |                                | unmatched...      |
+|   | ground truth                     |                          |                                | unmatched_and_    |
+|   |                                  |                          |                                | refuses_raw_      |
+|   |                                  |                          |                                | scores            |
 | 5 | scores outside [0, 1]; NaN or    | scored                   | refused unless                 | evaluate_reports_ |
-|   | out-of-range --score-thresh      |                          | --allow-raw-scores             | unmatched...      |
-| 5 | verify that checked nothing      | 'OK: 0 images checked',  | exit 1 (empty split), exit 2   | verify_of_nothing |
-|   |                                  | exit 0                   | (--limit 0)                    | _fails            |
+|   | out-of-range --score-thresh      |                          | --allow-raw-scores             | unmatched_and_    |
+|   |                                  |                          |                                | refuses_raw_      |
+|   |                                  |                          |                                | scores            |
+| 5 | verify that checked nothing      | 'OK: 0 images checked',  | exit 1 (empty split), exit 2   | verify_of_        |
+|   |                                  | exit 0                   | (--limit 0)                    | nothing_fails     |
 | 6 | model(images): [], 0-size,       | '0 persons' or a deep    | ImageInputError naming the     | model_input_guard |
 |   | uint8, float64, NaN, [0, 255],   | error                    | image and the fix ('divide it  |                   |
 |   | normalised, a batch tensor       |                          | by 255')                       |                   |
-| 7 | label size differs from its      | found after a full       | found from the headers first   | image_header_chec |
-|   | image                            | decode                   |                                | ked...            |
-| 7 | header over MAX_IMAGE_PIXELS     | decoded                  | error naming the file and the  | image_header_chec |
-|   |                                  |                          | limit                          | ked...            |
+| 7 | label size differs from its      | found after a full       | found from the headers first   | image_header_     |
+|   | image                            | decode                   |                                | checked_before_   |
+|   |                                  |                          |                                | decode            |
+| 7 | header over MAX_IMAGE_PIXELS     | decoded                  | error naming the file and the  | image_header_     |
+|   |                                  |                          | limit                          | checked_before_   |
+|   |                                  |                          |                                | decode            |
 | 7 | absurd --batch-size              | out of memory mid-run    | exit 2 with the estimated GiB  | user_errors_exit_ |
-|   |                                  |                          |                                | 2...              |
+|   |                                  |                          |                                | 2_with_one_line   |
 | 7 | two runs writing one --out       | interleaved checkpoints  | refused (the lock names the    | run_folder_lock   |
 |   |                                  | and logs                 | process); a dead process's     |                   |
 |   |                                  |                          | lock is taken over             |                   |
-| 7 | orphaned .*.tmp checkpoint files | left forever             | removed at the next start      | orphaned_tmp_file |
-|   |                                  |                          |                                | s_removed         |
-| 7 | fresh start in a folder with a   | log deleted              | kept as train_log.<time>.jsonl | fresh_start_keeps |
-|   | log                              |                          |                                | _the...           |
+| 7 | orphaned .*.tmp checkpoint files | left forever             | removed at the next start      | orphaned_tmp_     |
+|   |                                  |                          |                                | files_removed     |
+| 7 | fresh start in a folder with a   | log deleted              | kept as train_log.<time>.jsonl | fresh_start_      |
+|   | log                              |                          |                                | keeps_the_        |
+|   |                                  |                          |                                | earlier_log       |
 """
 
 from __future__ import annotations
