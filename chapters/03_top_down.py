@@ -51,7 +51,7 @@ from hparse.engine.trainer import read_log
 from hparse.models import build_model
 from hparse.models.backbone import FPN_STRIDES
 from hparse.models.inference import paste_part_probs
-from hparse.models.parsing_rcnn import training_recipe
+from hparse.recipes import recipe as method_recipe
 from hparse.models.targets import parsing_loss, parsing_targets
 from hparse.viz import draw_boxes, overlay_person_parts, overlay_semantic, slider_explorer, static_strip
 from hparse.viz import to_numpy_image
@@ -61,7 +61,7 @@ profile = get_profile()
 seed_everything(0)
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 LABELS = CIHP_LABELS
-recipe = training_recipe(profile)
+recipe = method_recipe("parsing_rcnn", profile)
 BASELINE = dict(LADDER)["baseline"]  # pss=False, roi_size=14, gce=False, ipbc=False: Sec. 4.2's baseline branch
 model = build_model("parsing_rcnn", num_classes=LABELS.num_classes, **{**recipe["model"], **BASELINE})
 data = SynthCrowd("train", num_images=4, image_size=profile.image_size, min_people=2,

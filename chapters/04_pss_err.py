@@ -44,7 +44,7 @@ from hparse.data.collate import collate_detection
 from hparse.engine import get_profile, seed_everything
 from hparse.models import build_model
 from hparse.models.inference import paste_part_probs
-from hparse.models.parsing_rcnn import training_recipe
+from hparse.recipes import recipe as method_recipe
 from hparse.models.targets import parsing_targets
 from hparse.viz import draw_boxes, to_numpy_image
 from hparse.viz.topdown import MarkdownTables, fpn_levels, ladder_records, ladder_table, level_histogram, module_cost
@@ -53,7 +53,7 @@ profile = get_profile()
 seed_everything(0)
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 LABELS = CIHP_LABELS
-recipe = training_recipe(profile)
+recipe = method_recipe("parsing_rcnn", profile)
 NUM_IMAGES = {"smoke": 24, "cpu": 300, "gpu": 2000}[profile.name]
 data = SynthCrowd("train", num_images=NUM_IMAGES, image_size=profile.image_size, min_people=1,
                   max_people=profile.max_people, seed=0)

@@ -45,7 +45,7 @@ from hparse.engine import get_profile, seed_everything
 from hparse.models import build_model
 from hparse.models.heads.gce import NonLocal2d
 from hparse.models.heads.parsing_head import ParsingHead, ParsingPredictor
-from hparse.models.parsing_rcnn import training_recipe
+from hparse.recipes import recipe as method_recipe
 from hparse.models.targets import parsing_targets
 from hparse.viz import slider_explorer, static_strip, to_numpy_image
 from hparse.viz.topdown import MarkdownTables, ladder_records, ladder_table, module_cost, nonlocal_attention, percent
@@ -54,7 +54,7 @@ profile = get_profile()
 seed_everything(0)
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 LABELS = CIHP_LABELS
-recipe = training_recipe(profile)
+recipe = method_recipe("parsing_rcnn", profile)
 S = 32  # the ERR RoI side the paper designs GCE for
 LADDER_ITERATIONS = {"smoke": 2}.get(profile.name)  # smoke: two steps per rung keep the page build short
 model = build_model("parsing_rcnn", num_classes=LABELS.num_classes, **{**recipe["model"], **dict(LADDER)["ipbc"]})

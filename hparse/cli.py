@@ -416,9 +416,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _model_config(args, profile) -> dict:
     """The profile's recipe for the model and dataset with the command line's component flags on top."""
-    if getattr(args, "model", "parsing_rcnn") == "attention_rcnn":
-        from .models.attention_rcnn import synth_recipe
+    from .recipes import recipe as method_recipe
 
+    if getattr(args, "model", "parsing_rcnn") == "attention_rcnn":
         given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
                  and flag != "backbone"]
         if given:
@@ -428,15 +428,13 @@ def _model_config(args, profile) -> dict:
             raise UserError("attention_rcnn has a training recipe for SynthCrowd only (--dataset synth); for a real "
                             "dataset build it with hparse.models.build_model and train with hparse.engine.train")
         attention = None if args.attention == "none" else (args.attention or "concat_after_conv4")
-        recipe = synth_recipe(profile, attention)
+        recipe = method_recipe("attention_rcnn", profile, args.dataset, attention=attention)
         if args.backbone is not None:
             recipe["model"]["backbone"] = args.backbone
     else:
-        from .models.parsing_rcnn import training_recipe
-
         if getattr(args, "attention", None) is not None:
             raise UserError("--attention applies to --model attention_rcnn only")
-        recipe = training_recipe(profile, args.dataset)
+        recipe = method_recipe("parsing_rcnn", profile, args.dataset)
         for flag in _MODEL_FLAGS:
             value = getattr(args, flag, None)
             if value is not None:
@@ -491,9 +489,9 @@ def _passive_cpu_threads() -> None:
 def _train_run(args, profile, *, iterations, out_dir, record, quiet=False, recipe=None):
     """Check the arguments, build the model, train it, evaluate it; returns (model, summary, recipe, eval_dataset).
 
-    ``recipe`` (``{"model", "train"}``) replaces the profile's :func:`training_recipe` (``hparse demo`` passes
-    :func:`demo_recipe`'s); SynthCrowd is drawn at ``profile``'s sizes. ``record`` names the ``results/`` file to
-    write besides the run folder's own ``result.json`` (``None``: none).
+    ``recipe`` (``{"model", "train", "data"}``) replaces the profile's :func:`hparse.recipes.recipe` (``hparse demo``
+    passes :func:`hparse.recipes.demo_recipe`'s); SynthCrowd is drawn at the recipe's sizes. ``record`` names the
+    ``results/`` file to write besides the run folder's own ``result.json`` (``None``: none).
     """
     import torch
 
@@ -502,13 +500,16 @@ def _train_run(args, profile, *, iterations, out_dir, record, quiet=False, recip
 
     device = _device(args.device)
     _check_out_dir(Path(out_dir))
+    from .recipes import warmup_steps
+
     recipe = _model_config(args, profile) if recipe is None else recipe
     model_cfg, train_cfg = recipe["model"], recipe["train"]
+    profile = profile.override(**recipe.get("data", {}))
     train_set = _train_dataset(args, profile, "train", profile.train_images)
     val_set = _train_dataset(args, profile, "val", profile.val_images)
     if iterations is not None:
         train_cfg["iterations"] = iterations
-        train_cfg["warmup"] = min(train_cfg["warmup"], max(iterations // 10, 1))
+        train_cfg["warmup"] = min(train_cfg["warmup"], warmup_steps(iterations))
     for key in ("batch_size", "lr"):
         if getattr(args, key, None) is not None:
             train_cfg[key] = getattr(args, key)
@@ -584,14 +585,14 @@ def _cmd_demo(args) -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from .models.parsing_rcnn import demo_recipe
+    from .recipes import demo_recipe
     from .viz import overlay_person_parts, overlay_semantic, save_figure
 
     profile = _profile(args)
     args.dataset, args.root, args.model, args.batch_size, args.lr, args.workers = "synth", None, "parsing_rcnn", \
         None, None, None
     recipe = demo_recipe(profile)  # the demo's sizes live there, in one place
-    data_profile = profile.override(**recipe.pop("data"))
+    data_profile = profile.override(**recipe["data"])
     out_dir = args.out or Path("runs") / f"demo_{profile.name}"
     model, summary, _, val_set = _train_run(args, data_profile, iterations=args.iterations, out_dir=out_dir,
                                             record=args.record, recipe=recipe)
@@ -619,6 +620,25 @@ def _cmd_demo(args) -> int:
     path = save_figure(fig, Path(out_dir) / "overlay.png")
     plt.close(fig)
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    """Pretrain the backbone's starting point on SynthCrowd (hparse.engine.pretrain) and write its weights."""
+    _passive_cpu_threads()
+    from .engine.pretrain import pretrain_backbone
+
+    profile = _profile(args)
+    out_dir = args.out or Path("runs") / f"pretrain_{profile.name}"
+    _check_out_dir(out_dir)
+    result = pretrain_backbone(profile, out_dir, iterations=args.iterations, seed=args.seed,
+                               device=_device(args.device), install=args.install, record=args.record,
+                               force=args.force)
+    summary = result["summary"]
+    print(f"pretrained {summary['step']} steps in {summary['wall_time_s']:.0f} s; SynthCrowd val part mIoU "
+          f"{result['metrics']['mIoU']:.4f}")
+    for path in result["weights"]:
+        print(f"wrote {path}")
     return 0
 
 
@@ -815,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small Parsing R-CNN on SynthCrowd, evaluate it, write an overlay")
     demo.add_argument("--iterations", type=_positive_int, default=None,
-                      help="optimiser steps (default: the profile's, see hparse.models.parsing_rcnn.demo_recipe)")
+                      help="optimiser steps (default: the profile's, see hparse.recipes.demo_recipe)")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default: runs/demo_<profile>)")
     demo.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     demo.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -824,6 +844,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(demo)
     _add_debug(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    pretrain = sub.add_parser("pretrain", help="pretrain the backbone on SynthCrowd part segmentation (the starting "
+                              "point of the cpu recipes, backbone_weights='synthcrowd')")
+    pretrain.add_argument("--iterations", type=_positive_int, default=None,
+                          help="optimiser steps (default: hparse.recipes.pretrain_recipe's)")
+    pretrain.add_argument("--out", type=Path, default=None, help="run folder (default: runs/pretrain_<profile>)")
+    pretrain.add_argument("--seed", type=_nonnegative_int, default=0)
+    pretrain.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pretrain.add_argument("--install", action="store_true",
+                          help="also write the weights into the package (hparse/weights/), replacing the shipped file")
+    _add_record(pretrain, "the pretraining's val mIoU")
+    _add_profile(pretrain)
+    _add_debug(pretrain)
+    pretrain.set_defaults(func=_cmd_pretrain)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes results/<profile>/bench/<name>.json)")
     bench.add_argument("name", help="benchmark name, or 'all'")

@@ -11,7 +11,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from hparse.models import build_model
-from hparse.models.attention_rcnn import AttentionRCNN, synth_recipe
+from hparse.models.attention_rcnn import AttentionRCNN
 from hparse.models.heads.attention import (
     ATTENTION_VARIANTS,
     AttentionFusion,
@@ -24,6 +24,7 @@ from hparse.models.heads.attention import (
     attention_targets,
     parse_attention,
 )
+from hparse.recipes import attention_rcnn_recipe as synth_recipe
 
 NUM_CLASSES = 20
 SIZE = 64
@@ -406,7 +407,7 @@ def test_registry_and_recipe():
     from hparse.engine import get_profile
 
     for name in ("smoke", "cpu", "gpu"):
-        recipe = synth_recipe(get_profile(name), None)
+        recipe = synth_recipe(get_profile(name), attention=None)
         assert recipe["model"]["attention"] is None and recipe["train"]["milestones"] == (100 / 130, 115 / 130)
     assert "head_channels" not in synth_recipe(get_profile("gpu"))["model"]  # the paper's widths
 

@@ -15,8 +15,10 @@ from hparse.models.backbone import build_resnet_fpn
 from hparse.models.detector import DetectionTransform, scaled_anchor_sizes
 from hparse.models.heads import ASPP, GCE, NonLocal2d, ParsingHead, ParsingPredictor
 from hparse.models.inference import expand_boxes, paint_semantic, paste_part_probs
-from hparse.models.parsing_rcnn import ParsingRCNN, demo_recipe, training_recipe
+from hparse.models.parsing_rcnn import ParsingRCNN
 from hparse.models.targets import parsing_loss, parsing_targets, sample_label_maps
+from hparse.recipes import demo_recipe
+from hparse.recipes import recipe as method_recipe
 
 NUM_CLASSES = 20
 SIZE = 64
@@ -398,7 +400,7 @@ def test_demo_recipe_keeps_the_paper_flags_and_only_shrinks(name):
     from hparse.engine import get_profile
 
     profile = get_profile(name)
-    demo, full = demo_recipe(profile), training_recipe(profile)
+    demo, full = demo_recipe(profile), method_recipe("parsing_rcnn", profile)
     model, train, data = demo["model"], demo["train"], demo["data"]
     assert (model["pss"], model["roi_size"], model["gce"], model["ipbc"]) == (True, 32, True, True)
     assert set(data) == {"image_size", "max_people", "train_images", "val_images"}

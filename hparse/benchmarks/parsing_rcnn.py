@@ -3,10 +3,10 @@
 Top-down parsing costs one parsing-branch pass and one paste per detected person, so its inference time grows with
 the crowd (bottom-up methods do not). To measure that growth without depending on what a model has learned, the
 detector keeps exactly ``n`` detections per image (score threshold 0, ``n`` detections per image) on SynthCrowd
-images holding ``n`` people; the model is the profile's SynthCrowd recipe (:func:`training_recipe`) with the paper's
-flags on. Each number is the best of ``profile.bench_repeats`` timed repeats (at least 5 for latencies) after one
-warm-up, measured in one process (the minimum, because other load on a shared machine only ever adds time); the
-cost per extra person is the least-squares slope over 1-16 people.
+images holding ``n`` people; the model is the profile's SynthCrowd recipe (:func:`hparse.recipes.recipe`) with the
+paper's flags on. Each number is the best of ``profile.bench_repeats`` timed repeats (at least 5 for latencies)
+after one warm-up, measured in one process (the minimum, because other load on a shared machine only ever adds
+time); the cost per extra person is the least-squares slope over 1-16 people.
 
 :func:`ladder` trains the paper's ablation ladder (Table 6: baseline -> +PSS -> +ERR -> +GCE -> +IPBC) on SynthCrowd
 at a profile's size and writes one results file per rung (``results/<profile>/parsing_rcnn/ladder_<k>_<rung>.json``)::
@@ -30,7 +30,8 @@ from ..engine.profiles import Profile, get_device, get_profile, seed_everything
 from ..engine.results import write_result
 from ..engine.trainer import build_optimizer, train
 from ..models import build_model
-from ..models.parsing_rcnn import demo_recipe, training_recipe
+from ..recipes import demo_recipe, warmup_steps
+from ..recipes import recipe as method_recipe
 
 __all__ = ["run", "ladder", "LADDER", "PEOPLE"]
 
@@ -64,7 +65,7 @@ def run(profile: Profile, device: torch.device) -> dict:
     """Time training steps and per-image inference; write ``results/<profile>/bench/parsing_rcnn.json``."""
     device = torch.device(device)
     seed_everything(0)
-    recipe = training_recipe(profile)
+    recipe = method_recipe("parsing_rcnn", profile)
     model = build_model("parsing_rcnn", num_classes=20, **recipe["model"]).to(device)
     amp = device.type == "cuda"
     dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -191,10 +192,10 @@ def ladder(profile: Profile, device: torch.device | str | None = None, *, iterat
     unknown = set(rungs) - set(known)
     if unknown:
         raise ValueError(f"unknown ladder rungs {sorted(unknown)}; choose from {known}")
-    recipe = training_recipe(profile)
+    recipe = method_recipe("parsing_rcnn", profile)
     train_cfg = dict(recipe["train"])
     if iterations is not None:
-        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], max(iterations // 10, 1)))
+        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], warmup_steps(iterations)))
     train_set = SynthCrowd("train", num_images=profile.train_images, image_size=profile.image_size, min_people=1,
                            max_people=profile.max_people, seed=seed)
     val_set = SynthCrowd("val", num_images=profile.val_images, image_size=profile.image_size, min_people=1,

@@ -1,7 +1,7 @@
 """Benchmark: RoIAlign forward + backward, hparse's sparse-matrix CPU path against torchvision's kernel.
 
 The workloads are the RoI poolings of one training step of the attention framework at the profile's sizes
-(:func:`hparse.models.attention_rcnn.synth_recipe`): the detection branch's 14x14 box RoIs on their FPN level and the
+(:func:`hparse.recipes.attention_rcnn_recipe`): the detection branch's 14x14 box RoIs on their FPN level and the
 parsing branch's 28x28 RoIs on every level (max-fused). Each is timed forward and backward on random features and
 boxes with both implementations (:func:`hparse.ops.roi_align.roi_align` and ``torchvision.ops.roi_align``) in
 float32, and their outputs and gradients are compared in float64. The numbers are the median over ``bench_repeats``

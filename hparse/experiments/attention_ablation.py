@@ -39,8 +39,10 @@ from ..engine.results import find_results, write_result
 from ..engine.trainer import evaluate, train
 from ..metrics.semantic import SemanticIoU
 from ..models import build_model
-from ..models.attention_rcnn import ATTENTION_VARIANTS, synth_recipe
+from ..models.attention_rcnn import ATTENTION_VARIANTS
 from ..models.targets import parsing_targets, sample_label_maps
+from ..recipes import recipe as method_recipe
+from ..recipes import warmup_steps
 
 __all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "variant_key", "synth_splits", "train_variant", "ablation",
            "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise", "roi_noise_sweep",
@@ -89,10 +91,10 @@ def train_variant(profile: Profile, attention: str | None, device: torch.device 
         the run's config (model flags, schedule, data).
     """
     device = get_device(device)
-    recipe = synth_recipe(profile, attention)
+    recipe = method_recipe("attention_rcnn", profile, attention=attention)
     train_cfg = dict(recipe["train"])
     if iterations is not None:
-        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], max(iterations // 10, 1)))
+        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], warmup_steps(iterations)))
     if not with_eval:
         train_cfg["eval_every"] = 0
     train_set, val_set = synth_splits(profile, seed, val_images=val_images)

@@ -55,7 +55,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from ..ops.roi_align import MultiScaleRoIAlign
 from .backbone import FPN_LEVELS, build_resnet_fpn
-from .detector import BranchRoIs, TopDownParser, scaled_anchor_sizes
+from .detector import BranchRoIs, TopDownParser
 from .heads.attention import (
     ATTENTION_VARIANTS,
     AttentionHead,
@@ -69,7 +69,7 @@ from .heads.attention import (
 from .inference import empty_prediction, paint_semantic, paste_part_probs
 from .targets import parsing_loss, parsing_targets
 
-__all__ = ["AttentionRCNN", "ATTENTION_VARIANTS", "ROI_FUSIONS", "BOX_HEADS", "synth_recipe"]
+__all__ = ["AttentionRCNN", "ATTENTION_VARIANTS", "ROI_FUSIONS", "BOX_HEADS"]
 
 ROI_FUSIONS = ("max", "level")
 BOX_HEADS = ("4conv", "2fc")
@@ -83,6 +83,8 @@ class AttentionRCNN(TopDownParser):
         backbone: ResNet depth name (the paper: ``"resnet101"``).
         backbone_weights: ``None`` (offline, random init) or torchvision weights such as ``"DEFAULT"``.
         backbone_norm, trainable_layers: see :func:`hparse.models.backbone.build_resnet_fpn`.
+        backbone_width: the ResNet's base width (64 in the paper; narrower for laptop runs).
+        fpn_channels: width of the FPN levels (256 in the paper).
         attention: a Table 5 fusion name or ``None`` (see :func:`hparse.models.heads.attention.parse_attention`).
         roi_fusion: ``"max"`` (RoIAlign on all FPN levels + max, Sec. 3.2) or ``"level"`` (one level per RoI).
         box_head: ``"4conv"`` (Sec. 3.2) or ``"2fc"`` (the shared base's head).
@@ -112,6 +114,8 @@ class AttentionRCNN(TopDownParser):
         backbone_weights: str | None = None,
         backbone_norm: str | None = None,
         trainable_layers: int | None = None,
+        backbone_width: int = 64,
+        fpn_channels: int = 256,
         attention: str | None = "concat_after_conv4",
         roi_fusion: str = "max",
         box_head: str = "4conv",
@@ -146,7 +150,8 @@ class AttentionRCNN(TopDownParser):
             raise ValueError(f"loss weights must be attention >= 0 and parsing > 0, got {attention_loss_weight} and "
                              f"{parsing_loss_weight}")
         detector.setdefault("train_sizes", 800)
-        body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers)
+        body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
+                                fpn_channels=fpn_channels, width=backbone_width)
         super().__init__(body, num_classes, branch_batch_per_image=parsing_batch, **detector)
         channels = body.out_channels
         self.attention, self.fusion = attention, fusion
@@ -159,7 +164,8 @@ class AttentionRCNN(TopDownParser):
         if box_head == "4conv":
             representation = detector.get("box_representation_size", 1024)
             levels = self.roi_heads.box_roi_pool.featmap_names
-            self.roi_heads.box_roi_pool = MultiScaleRoIAlign(levels, output_size=box_roi_size, sampling_ratio=2)
+            self.roi_heads.box_roi_pool = MultiScaleRoIAlign(levels, output_size=box_roi_size, sampling_ratio=2,
+                                                             canonical_scale=self.canonical_scale)
             self.roi_heads.box_head = FastRCNNConvFCHead((channels, box_roi_size, box_roi_size),
                                                          [box_conv_channels] * num_convs, [representation])
             self.roi_heads.box_predictor = FastRCNNPredictor(representation, 2)
@@ -168,7 +174,8 @@ class AttentionRCNN(TopDownParser):
         def pool(size: int):
             if roi_fusion == "max":
                 return MaxFusedRoIAlign(FPN_LEVELS, size, sampling_ratio=2)
-            return MultiScaleRoIAlign(list(FPN_LEVELS), output_size=size, sampling_ratio=2)
+            return MultiScaleRoIAlign(list(FPN_LEVELS), output_size=size, sampling_ratio=2,
+                                      canonical_scale=self.canonical_scale)
 
         self.attention_pool = self.attention_head = None
         if fusion is not None:
@@ -310,43 +317,3 @@ class AttentionRCNN(TopDownParser):
             for record, a in zip(out, attention_logits.float().sigmoid()[:, 0].split(counts)):
                 record["attention"] = a
         return out
-
-
-def synth_recipe(profile, attention: str | None = "concat_after_conv4") -> dict[str, dict]:
-    """Model and training settings of the attention framework on SynthCrowd at a profile's size.
-
-    The paper's structure is kept in every profile (14x14 four-conv box head, max-fused 28x28 parsing RoIs with four
-    GroupNorm convs, 14x14 four-conv attention branch, Eq. 1 with alpha = 5); the profile changes only sizes. ``gpu``
-    uses the paper's 256-d heads and trains on every positive RoI; ``cpu`` and ``smoke`` narrow the heads and take
-    fewer RoIs so that a run fits on a laptop or in CI. Images are used at their own size, with anchors scaled from
-    the 800-pixel reference. The schedule has the paper's shape (SGD, momentum 0.9, weight decay 1e-4, x0.1 at
-    100k/130k and 115k/130k of the run) with the learning rate of our Parsing R-CNN recipe (0.02 at 16 images,
-    scaled linearly), not the paper's 0.002 at 8 images: the paper fine-tunes ImageNet weights for 130k iterations,
-    our runs train from scratch for a few thousand, and both top-down methods then compare at the same schedule.
-
-    Args:
-        profile: a :class:`hparse.engine.Profile`.
-        attention: the fusion variant (``None``: w/o attention).
-
-    Returns:
-        ``{"model": build_model kwargs (without num_classes), "train": hparse.engine.train kwargs}``.
-    """
-    size = profile.image_size
-    model = dict(backbone=profile.backbone, train_sizes=None, test_size=None, max_size=None,
-                 anchor_sizes=scaled_anchor_sizes(size), attention=attention)
-    if profile.name == "cpu":
-        model.update(parsing_batch=4, head_channels=64, attention_channels=32, box_conv_channels=32,
-                     box_batch_size_per_image=128, box_representation_size=256, rpn_pre_nms_top_n_train=600,
-                     rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-                     box_detections_per_img=20)
-    elif profile.name != "gpu":
-        model.update(parsing_batch=2, head_channels=16, attention_channels=16, box_conv_channels=16,
-                     box_batch_size_per_image=32, box_representation_size=64, rpn_pre_nms_top_n_train=200,
-                     rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
-                     box_detections_per_img=6)
-    iterations = profile.iterations
-    train = dict(iterations=iterations, batch_size=profile.batch_size, optimizer="sgd",
-                 lr=0.02 * profile.batch_size / 16, warmup=min(500, max(iterations // 10, 1)), schedule="step",
-                 milestones=(100 / 130, 115 / 130), clip_grad=10.0, eval_every=profile.eval_every,
-                 num_workers=profile.num_workers, checkpoint_every=max(profile.eval_every, 100))
-    return {"model": model, "train": train}

@@ -42,7 +42,7 @@ from .heads.parsing_head import GCE_VARIANTS, IPBC_VARIANTS, ParsingHead, Parsin
 from .inference import empty_prediction, paint_semantic, paste_part_probs
 from .targets import parsing_loss, parsing_targets
 
-__all__ = ["ParsingRCNN", "PSS_VARIANTS", "training_recipe", "demo_recipe"]
+__all__ = ["ParsingRCNN", "PSS_VARIANTS"]
 
 PSS_VARIANTS = (True, False, "p2_only")
 
@@ -56,6 +56,7 @@ class ParsingRCNN(TopDownParser):
         backbone_weights: ``None`` (offline, random init) or torchvision weights such as ``"DEFAULT"``.
         backbone_norm: ``"bn"``, ``"frozen_bn"`` or ``"gn"`` (default depends on the weights, see backbone.py).
         trainable_layers: ResNet stages trained (default 3 pretrained, 5 from scratch).
+        backbone_width: the ResNet's base width (64 in the paper; narrower for laptop runs, see backbone.py).
         fpn_channels: width of the FPN levels (paper: 256; narrower only for quick CPU runs such as ``hparse demo``).
         pss: ``True``, ``False`` or ``"p2_only"`` (Sec. 3.1).
         roi_size: parsing RoIAlign side (Sec. 3.2); the output side is ``4 * roi_size``.
@@ -67,6 +68,7 @@ class ParsingRCNN(TopDownParser):
         head_channels: width of the baseline / IPBC convolutions (paper: 512). Narrower heads are for quick CPU
             runs and tests only; the paper's widths are the defaults.
         gce_channels: width of the GCE convolutions (paper: 256).
+        head_norm: normalisation in the parsing branch: ``None`` (official code) or ``"gn"`` (see parsing_head.py).
         **detector: :class:`~hparse.models.detector.TopDownParser` settings (sizes, anchors, RPN, box branch).
     """
 
@@ -78,6 +80,7 @@ class ParsingRCNN(TopDownParser):
         backbone_weights: str | None = None,
         backbone_norm: str | None = None,
         trainable_layers: int | None = None,
+        backbone_width: int = 64,
         fpn_channels: int = 256,
         pss: bool | str = True,
         roi_size: int = 32,
@@ -88,6 +91,7 @@ class ParsingRCNN(TopDownParser):
         semantic_score_thresh: float = 0.3,
         head_channels: int = 512,
         gce_channels: int = 256,
+        head_norm: str | None = None,
         **detector,
     ):
         if pss not in PSS_VARIANTS:
@@ -103,7 +107,7 @@ class ParsingRCNN(TopDownParser):
         if "box_featmaps" in detector:
             raise ValueError("ParsingRCNN sets box_featmaps from pss; use pss='p2_only' to pool boxes from P2")
         body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
-                                fpn_channels=fpn_channels)
+                                fpn_channels=fpn_channels, width=backbone_width)
         box_featmaps = ("0",) if pss == "p2_only" else FPN_LEVELS
         super().__init__(body, num_classes, box_featmaps=box_featmaps, branch_batch_per_image=parsing_batch,
                          **detector)
@@ -116,7 +120,7 @@ class ParsingRCNN(TopDownParser):
         self.parsing_roi_pool = MultiScaleRoIAlign(parsing_levels, output_size=roi_size, sampling_ratio=2,
                                                    canonical_scale=self.canonical_scale)
         self.parsing_head = ParsingHead(body.out_channels, gce=gce, ipbc=ipbc, gce_channels=gce_channels,
-                                        conv_channels=head_channels)
+                                        conv_channels=head_channels, norm=head_norm)
         self.parsing_predictor = ParsingPredictor(self.parsing_head.out_channels, num_classes)
 
     @property
@@ -163,117 +167,3 @@ class ParsingRCNN(TopDownParser):
             "person_scores": scores,
             "person_boxes": person_boxes,
         }
-
-
-# Scales for real datasets (short sides, test side, long-side cap). gpu: the official config (the paper: "randomly
-# sampled from [512, 864]", test 800); the smaller profiles shrink them so a run fits a laptop or CI.
-_REAL_SCALES = {
-    "gpu": ((512, 640, 704, 768, 800, 864), 800, 1333),
-    "cpu": ((320, 352, 384, 416), 384, 640),
-    "smoke": ((128,), 128, 256),
-}
-
-
-def training_recipe(profile, dataset: str = "synth") -> dict[str, dict]:
-    """Model and training settings of Parsing R-CNN at a profile's size (``hparse train``; the demo: demo_recipe).
-
-    The paper's flags (PSS, 32x32 ERR RoIs, GCE, IPBC) are on in every profile; what changes with the profile is
-    size. ``gpu`` uses the paper's widths (GCE 256-d, IPBC 512-d, 32 parsing RoIs and 512 box RoIs per image); the
-    ``cpu`` and ``smoke`` profiles narrow the parsing head and take fewer RoIs so that a run fits on a laptop or in
-    CI. SynthCrowd images are used at their own size, real datasets are rescaled (multi-scale training) to the
-    profile's scales; anchors and the FPN level assignment's canonical scale are scaled from the 800-pixel reference
-    to the image size, so that people land on the same pyramid levels as in the paper (which matters for PSS). The
-    schedule is the paper's shape (SGD, warm-up, x0.1 at 2/3 and 8/9 of the run) with the learning rate scaled
-    linearly from 0.02 at 16 images per step.
-
-    Args:
-        profile: a :class:`hparse.engine.Profile`.
-        dataset: ``"synth"`` or the name of a real dataset (``"cihp"``, ``"mhp"``, ...).
-
-    Returns:
-        ``{"model": build_model kwargs (without num_classes), "train": hparse.engine.train kwargs}``.
-    """
-    from .detector import scaled_anchor_sizes
-
-    if dataset == "synth":
-        size = profile.image_size
-        model = dict(train_sizes=None, test_size=None, max_size=None, anchor_sizes=scaled_anchor_sizes(size),
-                     canonical_scale=max(1, round(224 * size / 800)))
-    else:
-        train_sizes, test_size, max_size = _REAL_SCALES.get(profile.name, _REAL_SCALES["gpu"])
-        model = dict(train_sizes=train_sizes, test_size=test_size, max_size=max_size,
-                     anchor_sizes=scaled_anchor_sizes(test_size), canonical_scale=max(1, round(224 * test_size / 800)))
-    model.update(backbone=profile.backbone, pss=True, roi_size=32, gce=True, ipbc=True)
-    if profile.name == "gpu":
-        model.update(parsing_batch=32)
-    elif profile.name == "cpu":
-        model.update(parsing_batch=4, head_channels=64, gce_channels=64, box_batch_size_per_image=128,
-                     box_representation_size=256, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-                     rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
-    else:
-        model.update(parsing_batch=2, head_channels=16, gce_channels=16, box_batch_size_per_image=32,
-                     box_representation_size=64, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
-                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=10)
-    iterations = profile.iterations
-    train = dict(iterations=iterations, batch_size=profile.batch_size, optimizer="sgd",
-                 lr=0.02 * profile.batch_size / 16, warmup=min(500, max(iterations // 10, 1)), schedule="step",
-                 clip_grad=10.0, eval_every=profile.eval_every, num_workers=profile.num_workers,
-                 checkpoint_every=max(profile.eval_every, 100))
-    return {"model": model, "train": train}
-
-
-# The sizes of `hparse demo`, per profile (see demo_recipe). Only sizes differ from training_recipe.
-_DEMO_SIZES = {
-    "smoke": dict(iterations=4),
-    "cpu": dict(
-        image_size=128, max_people=4, train_images=2000, val_images=50, iterations=500, batch_size=2,
-        model=dict(fpn_channels=64, head_channels=64, gce_channels=64, parsing_batch=8,
-                   box_batch_size_per_image=64, box_representation_size=256, rpn_pre_nms_top_n_train=300,
-                   rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=50,
-                   box_detections_per_img=10),
-        train=dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup=50, num_workers=0),
-    ),
-    "gpu": dict(iterations=3000),
-}
-
-
-def demo_recipe(profile) -> dict[str, dict]:
-    """Model, training and data settings of ``hparse demo``: a small Parsing R-CNN trained on SynthCrowd.
-
-    The single place where the demo's sizes are chosen. The paper's flags (PSS, 32x32 ERR RoIs, GCE, IPBC) stay on;
-    only sizes shrink. ``smoke`` is :func:`training_recipe` for 4 steps (seconds; used by the tests); ``gpu`` is the
-    gpu recipe for 3000 steps.
-
-    ``cpu`` is sized to finish in a few minutes on a 2-core machine and still learn visibly: 500 steps of 2
-    128-pixel SynthCrowd images with at most 4 people, a ResNet-18 with a 64-channel FPN (at 256 channels the FPN's
-    stride-4 3x3 convolutions and the RPN head on top of them cost more than the ResNet itself), 64-d GCE / IPBC
-    convolutions, 8 parsing RoIs and 64 box RoIs per image, AdamW at 1e-3 (over a few hundred steps from a random
-    init it lowered the parsing loss faster than the paper's SGD, and faster than AdamW at 3e-3) with the paper's
-    step schedule, evaluation only at the end on 50 val images, and no loader processes (rendering a SynthCrowd image
-    takes ~3 ms, less than a second process costs on two cores).
-
-    Measured on a 2-core x86 machine shared with other jobs (load average ~4.5; ``results/cpu/parsing_rcnn/
-    demo.json``): one step takes 0.38 s best of 3 (``results/cpu/bench/parsing_rcnn.json``, ``demo_train_step_s``),
-    ~1 s under that load; the 500 steps took 509 s (~3.5 min on an idle machine). The loss fell from 4.8 to 3.4
-    (parsing term 4.1 to 2.8, means over 50 steps); on the 50 val images mIoU 0.055, AP^p_vol 0.035, AP^p_50 0.00002
-    against 0.044, 0.0013 and 0 for the same model before training (``demo_untrained.json``): a demo of the whole
-    pipeline, not a trained parser (that is ``hparse train``).
-
-    Args:
-        profile: a :class:`hparse.engine.Profile`.
-
-    Returns:
-        ``{"model": build_model kwargs (without num_classes), "train": hparse.engine.train kwargs, "data":
-        SynthCrowd sizes (image_size, max_people, train_images, val_images)}``.
-    """
-    sizes = _DEMO_SIZES.get(profile.name, _DEMO_SIZES["gpu"])
-    data = {key: sizes.get(key, getattr(profile, key))
-            for key in ("image_size", "max_people", "train_images", "val_images")}
-    batch_size = sizes.get("batch_size", profile.batch_size)
-    recipe = training_recipe(profile.override(image_size=data["image_size"], batch_size=batch_size))
-    recipe["model"].update(sizes.get("model", {}))
-    train = recipe["train"]
-    iterations = sizes["iterations"]
-    train.update(iterations=iterations, warmup=min(train["warmup"], max(iterations // 10, 1)), eval_every=0)
-    train.update(sizes.get("train", {}))
-    return {"model": recipe["model"], "train": train, "data": data}

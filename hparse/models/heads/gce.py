@@ -44,21 +44,28 @@ class ASPP(nn.Module):
         in_channels: channels of the input RoI feature.
         channels: channels of each branch and of the fused output (256 in the paper).
         rates: atrous rates of the three 3x3 branches, (6, 12, 18) in the paper.
+        norm: ``None`` (official code) or ``"gn"``: GroupNorm after each convolution but the image-level branch's.
 
     Shape:
         (R, in_channels, S, S) -> (R, channels, S, S).
     """
 
-    def __init__(self, in_channels: int = 256, channels: int = 256, rates: tuple[int, ...] = (6, 12, 18)):
+    def __init__(self, in_channels: int = 256, channels: int = 256, rates: tuple[int, ...] = (6, 12, 18),
+                 norm: str | None = None):
         super().__init__()
-        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(in_channels, channels, 1), nn.ReLU(inplace=True))])
+        from .parsing_head import norm_layer
+
+        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(in_channels, channels, 1), norm_layer(norm, channels),
+                                                     nn.ReLU(inplace=True))])
         for rate in rates:
             self.branches.append(nn.Sequential(
-                nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True)))
+                nn.Conv2d(in_channels, channels, 3, padding=rate, dilation=rate), norm_layer(norm, channels),
+                nn.ReLU(inplace=True)))
         # Image-level features: global average pooling -> 1x1 conv; upsampled back to S x S in forward.
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1),
                                         nn.ReLU(inplace=True))
-        self.project = nn.Sequential(nn.Conv2d(channels * (len(rates) + 2), channels, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(nn.Conv2d(channels * (len(rates) + 2), channels, 1), norm_layer(norm, channels),
+                                     nn.ReLU(inplace=True))
         self.out_channels = channels
         init_conv(self)
 
@@ -118,6 +125,7 @@ class GCE(nn.Module):
         aspp: use the ASPP half ("context").
         nonlocal_: use the non-local half ("geometry").
         rates: ASPP atrous rates.
+        norm: normalisation of the ASPP convolutions (``None`` or ``"gn"``).
 
     Shape:
         (R, in_channels, S, S) -> (R, out_channels, S, S), ``out_channels`` = ``channels`` if ASPP is on, else
@@ -125,11 +133,11 @@ class GCE(nn.Module):
     """
 
     def __init__(self, in_channels: int = 256, channels: int = 256, *, aspp: bool = True, nonlocal_: bool = True,
-                 rates: tuple[int, ...] = (6, 12, 18)):
+                 rates: tuple[int, ...] = (6, 12, 18), norm: str | None = None):
         super().__init__()
         if not (aspp or nonlocal_):
             raise ValueError("GCE needs at least one of its halves (aspp, nonlocal_)")
-        self.aspp = ASPP(in_channels, channels, rates) if aspp else None
+        self.aspp = ASPP(in_channels, channels, rates, norm) if aspp else None
         width = channels if aspp else in_channels
         self.nonlocal_block = NonLocal2d(width, channels) if nonlocal_ else None
         self.out_channels = width

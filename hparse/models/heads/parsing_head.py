@@ -13,7 +13,10 @@ convolutions around that stack in the same way (a combination the paper does not
 The output layer (:class:`ParsingPredictor`) is "a deconvolution layer and 2x bilinear upscaling" (Sec. 4.2): a
 stride-2 4x4 transposed convolution straight to the part classes (official code), then bilinear x2, so an
 ``S x S`` RoI gives ``4S x 4S`` logits (14 -> 56 baseline, 32 -> 128 with ERR, 64 -> 256). Convolutions are followed
-by ReLU without normalisation, as in the official heads.
+by ReLU without normalisation, as in the official heads (``norm=None``). ``norm="gn"`` puts a GroupNorm between each
+convolution of the baseline / IPBC stacks and the ASPP branches and their ReLU: the paper is silent on normalisation
+in the branch, and a plain stack of ten ReLU convolutions trained from random weights learns slowly in a short run
+(a recipe choice of the laptop profile, :mod:`hparse.recipes`; the RoI attention paper's parsing branch uses GN).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from .gce import GCE, init_conv
 
-__all__ = ["conv_stack", "ParsingHead", "ParsingPredictor", "GCE_VARIANTS", "IPBC_VARIANTS"]
+__all__ = ["conv_stack", "norm_layer", "NORMS", "ParsingHead", "ParsingPredictor", "GCE_VARIANTS", "IPBC_VARIANTS"]
 
 # gce flag -> (aspp, nonlocal); False = the baseline FCN (Table 3 rows: baseline, ASPP only, Non-local only, GCE).
 GCE_VARIANTS = {False: None, True: (True, True), "aspp": (True, False), "nonlocal": (False, True)}
@@ -32,11 +35,25 @@ GCE_VARIANTS = {False: None, True: (True, True), "aspp": (True, False), "nonloca
 IPBC_VARIANTS = {False: (0, 0), True: (0, 4), "after": (0, 4), "before": (4, 0), "both": (4, 4)}
 
 
-def conv_stack(in_channels: int, channels: int, depth: int) -> nn.Sequential:
-    """``depth`` x (3x3 conv + ReLU); an empty stack is the identity."""
+NORMS = (None, "gn")
+
+
+def norm_layer(norm: str | None, channels: int) -> nn.Module:
+    """The normalisation after a head convolution: none (official heads) or GroupNorm (32 groups, fewer if narrow)."""
+    if norm is None:
+        return nn.Identity()
+    if norm == "gn":
+        groups = max(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and g <= channels // 2 or g == 1)
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"head norm must be one of {NORMS}, got {norm!r}")
+
+
+def conv_stack(in_channels: int, channels: int, depth: int, norm: str | None = None) -> nn.Sequential:
+    """``depth`` x (3x3 conv [+ GroupNorm] + ReLU); an empty stack is the identity."""
     layers: list[nn.Module] = []
     for i in range(depth):
-        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+                   norm_layer(norm, channels), nn.ReLU(inplace=True)]
     stack = nn.Sequential(*layers)
     init_conv(stack)
     return stack
@@ -53,29 +70,32 @@ class ParsingHead(nn.Module):
         gce_channels: channels of the GCE convolutions (256, Sec. 3.3).
         conv_channels: channels of the baseline and IPBC convolutions (512, "512-d", Sec. 3.4 and 4.2).
         baseline_depth: convolutions of the baseline FCN (8, Sec. 4.2).
+        norm: ``None`` (the official heads) or ``"gn"`` (see the module docstring).
 
     Shape:
         (R, in_channels, S, S) -> (R, out_channels, S, S).
     """
 
     def __init__(self, in_channels: int = 256, *, gce: bool | str = True, ipbc: bool | str = True,
-                 gce_channels: int = 256, conv_channels: int = 512, baseline_depth: int = 8):
+                 gce_channels: int = 256, conv_channels: int = 512, baseline_depth: int = 8, norm: str | None = None):
         super().__init__()
         if gce not in GCE_VARIANTS:
             raise ValueError(f"gce must be one of {list(GCE_VARIANTS)}, got {gce!r}")
         if ipbc not in IPBC_VARIANTS:
             raise ValueError(f"ipbc must be one of {list(IPBC_VARIANTS)}, got {ipbc!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         before, after = IPBC_VARIANTS[ipbc]
-        self.before = conv_stack(in_channels, conv_channels, before)
+        self.before = conv_stack(in_channels, conv_channels, before, norm)
         width = conv_channels if before else in_channels
         halves = GCE_VARIANTS[gce]
         if halves is None:
-            self.context = conv_stack(width, conv_channels, baseline_depth)
+            self.context = conv_stack(width, conv_channels, baseline_depth, norm)
             width = conv_channels
         else:
-            self.context = GCE(width, gce_channels, aspp=halves[0], nonlocal_=halves[1])
+            self.context = GCE(width, gce_channels, aspp=halves[0], nonlocal_=halves[1], norm=norm)
             width = self.context.out_channels
-        self.after = conv_stack(width, conv_channels, after)
+        self.after = conv_stack(width, conv_channels, after, norm)
         self.out_channels = conv_channels if after else width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""A starting point for the backbone made by hparse itself: ResNet-FPN pretrained on SynthCrowd semantic parsing.
+
+Every paper of the book starts its backbone from ImageNet weights (Parsing R-CNN Sec. 4.1, the RoI attention
+framework Sec. 3.2, the Holistic model's PSPNet, the bottom-up parser's ResNet-101) and trains the rest. Offline there
+are no ImageNet weights, and a backbone trained from random weights in the few minutes a laptop gives learns almost
+nothing about people (``hparse demo`` from scratch: mIoU 0.05 after 500 steps). hparse therefore makes its own
+starting point, once, the way the papers' starting points were made: a generic dense task on plenty of images,
+before and apart from the method that will use it.
+
+- **Task**: per-pixel part labels (the semantic half of the problem, no person identities, no boxes) on SynthCrowd
+  *train* images drawn from a seed no recipe trains or evaluates on (:data:`PRETRAIN_SEED`).
+- **Model** (:class:`SemanticPretrainer`): the ResNet-FPN of :func:`hparse.models.backbone.build_resnet_fpn` and a
+  minimal head: one 1x1 convolution per pyramid level P2-P5 to part logits, upsampled to stride 4 and summed
+  (every level must carry the labels, since the box branch reads P3-P5 and the parsing branch P2), then bilinear x4
+  to the image and cross-entropy (ignore 255). Only the ResNet-FPN is kept; the head is thrown away, as ImageNet's
+  classifier is.
+- **What the methods still learn** from this start: the RPN, the box branch and every parsing/attention branch
+  (all from random weights), and which person each part belongs to, which no pixel label says.
+
+Shipped weights (:data:`PRETRAINED`): ``synthcrowd`` is a ResNet-18 at base width 24 with a 64-channel FPN
+(1.75 M parameters, 3.5 MB in float16), made by ``hparse pretrain`` (the command and its provenance are stored in the
+file and in ``results/cpu/pretrain/synthcrowd.json``). Build a model on it with ``backbone_weights="synthcrowd"``;
+like ImageNet weights, its batch-norm statistics are then frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .backbone import FPN_LEVELS, build_resnet_fpn
+
+__all__ = ["SemanticPretrainer", "PRETRAINED", "PRETRAIN_SEED", "pretrained_path", "load_pretrained",
+           "save_pretrained"]
+
+PRETRAIN_SEED = 1_000  # SynthCrowd seed of the pretraining images: no recipe trains or evaluates on it
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# name -> (file inside hparse/weights, the architecture it fixes)
+PRETRAINED: dict[str, tuple[str, dict]] = {
+    "synthcrowd": ("synthcrowd_resnet18_w24.pt", {"backbone": "resnet18", "width": 24, "fpn_channels": 64}),
+}
+
+
+class SemanticPretrainer(nn.Module):
+    """ResNet-FPN + per-level 1x1 part classifiers; torchvision's calling convention (see the module docstring).
+
+    ``model(images, targets)`` in training returns ``{"loss_semantic": ...}``; ``model(images)`` in evaluation
+    returns ``[{"semantic": (H, W) int64}]`` per image (enough for :class:`hparse.metrics.SemanticIoU`).
+
+    Args:
+        num_classes: part labels including background.
+        backbone, width, fpn_channels, norm: the ResNet-FPN (:func:`~hparse.models.backbone.build_resnet_fpn`).
+    """
+
+    def __init__(self, num_classes: int, *, backbone: str = "resnet18", width: int = 24, fpn_channels: int = 64,
+                 norm: str = "bn"):
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = build_resnet_fpn(backbone, None, norm=norm, trainable_layers=5, fpn_channels=fpn_channels,
+                                     width=width)
+        self.classifiers = nn.ModuleList(nn.Conv2d(fpn_channels, num_classes, 1) for _ in FPN_LEVELS)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, num_classes, H, W) part logits."""
+        features = self.body((images - self.mean) / self.std)
+        stride4 = features[FPN_LEVELS[0]].shape[-2:]
+        summed = sum(F.interpolate(classify(features[level]), size=stride4, mode="bilinear", align_corners=False)
+                     for classify, level in zip(self.classifiers, FPN_LEVELS))
+        return F.interpolate(summed, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        batch = torch.stack(list(images))
+        logits = self.logits(batch)
+        if self.training:
+            if targets is None:
+                raise ValueError("in training mode the model needs targets: model(images, targets)")
+            semantic = torch.stack([t["semantic"] for t in targets]).to(logits.device)
+            return {"loss_semantic": F.cross_entropy(logits, semantic, ignore_index=255)}
+        return [{"semantic": lab} for lab in logits.argmax(1)]
+
+
+def pretrained_path(name: str) -> Path:
+    """The file of the shipped weights ``name`` (a key of :data:`PRETRAINED`)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown hparse weights {name!r}; available: {', '.join(PRETRAINED)}")
+    return WEIGHTS_DIR / PRETRAINED[name][0]
+
+
+def save_pretrained(model: SemanticPretrainer, path: str | Path, architecture: dict, provenance: dict) -> Path:
+    """Write the ResNet-FPN of ``model`` in float16 with its architecture and provenance (the head is dropped)."""
+    from ..engine.checkpoint import save_checkpoint
+
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.body.state_dict().items()}
+    save_checkpoint(Path(path), {"state_dict": state, "architecture": architecture, "provenance": provenance})
+    return Path(path)
+
+
+def load_pretrained(body: nn.Module, name: str, architecture: dict) -> None:
+    """Load the shipped weights ``name`` into a ResNet-FPN built with ``architecture`` (checked against the file's).
+
+    Raises:
+        ValueError: unknown name, or an architecture other than the one the weights were trained with.
+        FileNotFoundError: the weights file is missing (the message says how to make it).
+    """
+    path = pretrained_path(name)
+    expected = PRETRAINED[name][1]
+    differ = {k: (v, architecture.get(k)) for k, v in expected.items() if architecture.get(k) != v}
+    if differ:
+        what = ", ".join(f"{k}={got!r} (the weights have {want!r})" for k, (want, got) in differ.items())
+        raise ValueError(f"backbone_weights={name!r} needs backbone={expected['backbone']!r}, "
+                         f"width={expected['width']}, fpn_channels={expected['fpn_channels']}; got {what}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: hparse ships it with the package; recreate it with "
+                                f"`hparse pretrain --profile cpu` (see hparse.models.pretrain)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    body.load_state_dict(state)
