@@ -167,6 +167,22 @@ def test_paint_semantic_highest_score_wins():
     assert paint_semantic(parts[:0], scores[:0]).shape == (4, 4)
 
 
+def test_models_and_metrics_paint_ties_alike():
+    """One painting rule: of two overlapping persons with equal scores, the later-listed one owns the overlap, in
+    the model's semantic map and in the evaluator's painted map alike (they used to break ties oppositely)."""
+    from hparse.metrics.painting import paint_persons, painted_maps, person_pixels
+
+    parts = torch.zeros(3, 5, 5, dtype=torch.int64)
+    parts[0, :3] = 1
+    parts[1, 2:] = 2
+    parts[2, :, 2] = 3
+    for scores in (torch.tensor([0.8, 0.8, 0.8]), torch.tensor([0.8, 0.8, 0.5]), torch.tensor([0.5, 0.8, 0.8])):
+        model_map = paint_semantic(parts, scores, 0.3)
+        metric_map, _ = painted_maps(paint_persons(person_pixels(parts), scores, 0.3))
+        assert torch.equal(model_map, metric_map)
+    assert paint_semantic(parts[:2], torch.tensor([0.7, 0.7]))[2].tolist() == [2] * 5  # the later person wins
+
+
 # ------------------------------------------------------------------------------------------------------- heads
 
 

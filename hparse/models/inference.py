@@ -70,6 +70,10 @@ def paste_part_probs(probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple
 def paint_semantic(person_parts: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.3) -> torch.Tensor:
     """Semantic map from per-person part maps: higher-scoring persons are painted over lower-scoring ones.
 
+    The one painting rule of hparse, shared with the metrics (:func:`hparse.metrics.painting.paint_persons`: ascending
+    score order, each person's nonzero pixels overwriting; of two persons with equal scores the one listed later
+    wins), so the map a model returns is the map the evaluator would paint from its persons.
+
     Args:
         person_parts: (N, H, W) part map of each person (0 = not this person).
         scores: (N,) person scores.
@@ -78,18 +82,10 @@ def paint_semantic(person_parts: torch.Tensor, scores: torch.Tensor, score_thres
     Returns:
         int64 (H, W) part labels, 0 where no kept person has a part.
     """
-    num, height, width = person_parts.shape
-    keep = scores >= score_threshold
-    if num == 0 or not bool(keep.any()):
-        return torch.zeros(height, width, dtype=torch.int64, device=person_parts.device)
-    parts = person_parts[keep]
-    order = scores[keep].argsort(descending=True, stable=True)
-    parts = parts[order]  # highest score first
-    covered = parts > 0
-    # argmax over a bool stack returns the first True, i.e. the highest-scoring person covering each pixel.
-    first = covered.to(torch.uint8).argmax(0, keepdim=True)
-    painted = parts.gather(0, first)[0].long()
-    return torch.where(covered.any(0), painted, torch.zeros_like(painted))
+    from ..metrics.painting import paint_persons, painted_maps, person_pixels
+
+    semantic, _ = painted_maps(paint_persons(person_pixels(person_parts), scores, score_threshold))
+    return semantic
 
 
 def empty_prediction(image_size: tuple[int, int], num_classes: int | None = None,
