@@ -1,0 +1,144 @@
+"""The pieces that make the top-down models learn on a laptop: narrow ResNets, GroupNorm in the parsing branch, the
+SynthCrowd-pretrained starting point, recipes in one module, and the variants x seeds runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hparse.data import SynthCrowd
+from hparse.engine import get_profile
+from hparse.experiments.runner import exceeds_spread, run_variants, summarise
+from hparse.models import build_model
+from hparse.models.backbone import build_resnet_fpn
+from hparse.models.heads.parsing_head import ParsingHead
+from hparse.models.pretrain import PRETRAINED, SemanticPretrainer, load_pretrained, save_pretrained
+from hparse.recipes import demo_recipe, recipe, warmup_steps, with_iterations
+
+
+@pytest.mark.parametrize("width", [16, 24])
+def test_narrow_resnet_has_the_stage_widths_and_pyramid(width):
+    body = build_resnet_fpn("resnet18", width=width, fpn_channels=32)
+    assert [b.conv1.out_channels for b in (body.body.layer1[0], body.body.layer2[0], body.body.layer3[0],
+                                           body.body.layer4[0])] == [width, 2 * width, 4 * width, 8 * width]
+    out = body(torch.zeros(1, 3, 64, 64))
+    assert [tuple(out[k].shape) for k in ("0", "1", "2", "3", "pool")] == [
+        (1, 32, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4), (1, 32, 2, 2), (1, 32, 1, 1)]
+    # Width 64 is torchvision's own ResNet: the same parameter count.
+    full = sum(p.numel() for p in build_resnet_fpn("resnet18", fpn_channels=32).body.parameters())
+    assert full == sum(p.numel() for p in build_resnet_fpn("resnet18", width=64, fpn_channels=32).body.parameters())
+    with pytest.raises(ValueError, match="width 64 only"):
+        build_resnet_fpn("resnet18", "DEFAULT", width=width)
+
+
+def test_parsing_head_group_norm_is_a_switch():
+    plain = ParsingHead(16, gce=True, ipbc=True, gce_channels=16, conv_channels=16)
+    normed = ParsingHead(16, gce=True, ipbc=True, gce_channels=16, conv_channels=16, norm="gn")
+    count = lambda m: sum(isinstance(x, torch.nn.GroupNorm) for x in m.modules())
+    assert count(plain) == 0 and count(normed) == 4 + 4 + 1  # IPBC convs, ASPP 1x1 + three atrous branches, ASPP fusion
+    x = torch.randn(3, 16, 8, 8)
+    assert normed(x).shape == plain(x).shape == (3, 16, 8, 8)
+    with pytest.raises(ValueError, match="norm"):
+        ParsingHead(16, norm="bn")
+
+
+def test_pretrainer_learns_one_batch_and_its_weights_load_into_a_parser(tmp_path, monkeypatch):
+    data = SynthCrowd("train", 2, 64, 1, 2, seed=3)
+    samples = [data[0], data[1]]
+    torch.manual_seed(0)
+    model = SemanticPretrainer(20, width=8, fpn_channels=16)
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    images, targets = [s["image"] for s in samples], [{"semantic": s["semantic"]} for s in samples]
+    losses = []
+    for _ in range(15):
+        loss = model(images, targets)["loss_semantic"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0]
+    model.eval()
+    assert model(images)[0]["semantic"].shape == (64, 64)
+
+    # The shipped-weights path: a file written by save_pretrained loads into a Parsing R-CNN built on the name.
+    arch = {"backbone": "resnet18", "width": 8, "fpn_channels": 16}
+    monkeypatch.setitem(PRETRAINED, "test_weights", ("test.pt", arch))
+    monkeypatch.setattr("hparse.models.pretrain.WEIGHTS_DIR", tmp_path)
+    save_pretrained(model, tmp_path / "test.pt", arch, {"note": "test"})
+    parser = build_model("parsing_rcnn", 20, backbone="resnet18", backbone_weights="test_weights", backbone_width=8,
+                         fpn_channels=16, head_channels=8, gce_channels=8, train_sizes=None, test_size=None,
+                         max_size=None)
+    loaded = parser.backbone.body.conv1.weight
+    assert torch.allclose(loaded, model.body.body.conv1.weight.half().float())
+    assert isinstance(parser.backbone.body.bn1, torch.nn.Module) and "Frozen" in type(parser.backbone.body.bn1).__name__
+    with pytest.raises(ValueError, match="width=8"):
+        build_model("parsing_rcnn", 20, backbone="resnet18", backbone_weights="test_weights", backbone_width=16,
+                    fpn_channels=16)
+    body = build_resnet_fpn("resnet18", width=8, fpn_channels=16)
+    (tmp_path / "test.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="hparse pretrain"):
+        load_pretrained(body, "test_weights", arch)
+
+
+def test_shipped_weights_match_their_architecture():
+    """The file in hparse/weights is what PRETRAINED says (architecture and a size under 5 MB)."""
+    from hparse.models.pretrain import pretrained_path
+
+    path = pretrained_path("synthcrowd")
+    if not path.exists():
+        pytest.skip("the shipped weights are made by `hparse pretrain --install`")
+    assert path.stat().st_size < 5 * 2**20
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert blob["architecture"] == PRETRAINED["synthcrowd"][1]
+    body = build_resnet_fpn("resnet18", "synthcrowd", width=24, fpn_channels=64)
+    assert body.out_channels == 64
+
+
+def test_recipes_are_one_table_and_keep_the_paper_flags():
+    for name in ("smoke", "cpu", "gpu"):
+        profile = get_profile(name)
+        prcnn = recipe("parsing_rcnn", profile)
+        assert {k: prcnn["model"][k] for k in ("pss", "roi_size", "gce", "ipbc")} == dict(
+            pss=True, roi_size=32, gce=True, ipbc=True)
+        assert set(prcnn) == {"model", "train", "data"}
+        assert recipe("parsing_rcnn", profile, gce=False)["model"]["gce"] is False
+        assert recipe("attention_rcnn", profile, attention=None)["model"]["attention"] is None
+        demo = demo_recipe(profile)
+        assert demo["model"]["gce"] is True and demo["train"]["iterations"] >= 1
+    with pytest.raises(ValueError, match="no recipe"):
+        recipe("nope", get_profile("cpu"))
+    assert warmup_steps(100) == 10 and warmup_steps(100_000) == 500 and warmup_steps(3) == 1
+    short = with_iterations(recipe("parsing_rcnn", get_profile("gpu")), 40)
+    assert short["train"]["iterations"] == 40 and short["train"]["warmup"] == 4
+
+
+def test_summarise_and_the_spread_rule():
+    per_seed = {0: {"mIoU": 0.40, "APp50": 0.30}, 1: {"mIoU": 0.44, "APp50": 0.32}, 2: {"mIoU": 0.42}}
+    s = summarise(per_seed)
+    assert s["mean"]["mIoU"] == pytest.approx(0.42) and s["std"]["mIoU"] == pytest.approx(0.02)
+    assert s["min"]["APp50"] == 0.30 and s["max"]["APp50"] == 0.32
+    a = {"mean": {"m": 0.50}, "std": {"m": 0.01}}
+    b = {"mean": {"m": 0.47}, "std": {"m": 0.01}}
+    c = {"mean": {"m": 0.49}, "std": {"m": 0.01}}
+    assert exceeds_spread(a, b, "m") and not exceeds_spread(a, c, "m")
+
+
+def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp_path, tmp_results):
+    profile = get_profile("smoke").override(train_images=4, val_images=2, image_size=64)
+    calls = []
+    kwargs = dict(record_prefix="parsing_rcnn/test_", out_root=tmp_path, iterations=2, device="cpu",
+                  on_run=lambda name, seed, metrics: calls.append((name, seed)))
+    variants = [("plain", {"gce": False, "ipbc": False}), ("gce", {"gce": True, "ipbc": False})]
+    out = run_variants("parsing_rcnn", variants, [0, 1], profile, **kwargs)
+    assert set(out) == {"plain", "gce"} and calls == [("plain", 0), ("plain", 1), ("gce", 0), ("gce", 1)]
+    record = json.loads((tmp_results / "smoke" / "parsing_rcnn" / "test_gce.json").read_text())
+    assert set(record["metrics"]["per_seed"]) == {"0", "1"} and record["metrics"]["seeds"] == [0, 1]
+    assert "mIoU" in record["metrics"]["mean"] and record["metrics"]["iterations"] == 2
+    assert record["config"]["flags"] == {"gce": True, "ipbc": False}
+    # A second call reuses the finished runs: no run folder gets a new checkpoint.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
+    again = run_variants("parsing_rcnn", variants, [0, 1], profile, **kwargs)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")} == stamps
+    assert again["gce"]["mean"] == pytest.approx(out["gce"]["mean"])
