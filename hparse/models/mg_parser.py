@@ -1,0 +1,659 @@
+"""Multi-granularity bottom-up parsing (Zhou et al., CVPR 2021): parts, a Dense-to-Sparse Projection Field (DSPF),
+keypoints and limbs, assembled into people without boxes. Stage 1: everything but training through the matching.
+
+The network (§3.1-3.4), each component a constructor flag:
+
+- **Pyramid** {X_l}, l = 1..4 at strides 4-32: a torchvision ResNet with FPN (:func:`~hparse.models.backbone.
+  build_resnet_fpn`, levels P2-P5). The paper's X_l are the ResNet stages; taking the FPN levels lets every hparse
+  method share one backbone and its shipped starting point (``backbone_weights="synthcrowd"``).
+- **F_Seg** (§3.1, Eq. 1): a light DeepLabv3+-style decoder (one 5×5 depthwise-separable convolution per
+  upsampling stage, :class:`~hparse.models.heads.mg_heads.LightDecoder`), part logits at stride 4, cross-entropy at
+  input resolution.
+- **DSPF** (§3.2): ``dspf="single" | "incremental" (Eq. 2) | "residual" (Eq. 3)``, ``warp=True`` (Eqs. 4-6) or
+  bilinear upsampling; L1 at every level (:class:`~hparse.models.heads.mg_heads.DSPFPyramid`,
+  :mod:`hparse.ops.warp`).
+- **F_Pose** (§3.3): the same light decoder; from it, per keypoint type a disk heatmap (radius ``disk_radius`` px)
+  and a short-range offset field, and one limb heatmap per skeleton edge (σ = ``limb_sigma`` px).
+- **Loss weights**: homoscedastic uncertainty (Kendall et al., CVPR 2018; ``uncertainty=True``): each task's loss
+  ``L`` enters as ``exp(−s) L + s`` with a learned ``s = log σ²`` (0 at the start, i.e. weight 1), else fixed
+  ``loss_weights``.
+
+Inference (§3.3 and "Inference" of §3.4), :func:`assemble`, shared with :func:`oracle_prediction`:
+
+1. **Human cells** = stride-4 cells whose part argmax is not background; each projects to ``c(u) + D(u)``.
+2. **Hough voting** (Eq. 8, :mod:`hparse.ops.hough`): every cell votes for ``c(u) + O_k(u)`` with weight ``M_k(u)``;
+   each projection is scored under every keypoint type, exactly. Projections scoring at least
+   ``keypoint_threshold`` (the paper's 0.7) are candidates; **deduplication**: greedy non-maximum suppression per type
+   within ``nms_radius`` px (default ``R / 3``, PersonLab's 10 px at R = 32), keeping the highest-scoring projection.
+3. **Limb scores** (Eq. 9's A): for every limb type and candidate pair, the mean limb heatmap at ``limb_samples``
+   points evenly spaced on the segment (endpoints included), sampled bilinearly.
+4. **Matching** per limb type, all limb types of an image in one batched call: ``matching="dykstra"`` (PGD +
+   Dykstra, rounded, :func:`hparse.ops.dykstra_matching`), ``"hungarian"`` or ``"greedy"``; pairs scoring at most
+   ``limb_threshold`` are never matched.
+5. **Grouping "from head to foot"**: limbs are visited breadth-first from the head joint
+   (:func:`~hparse.models.mg_targets.skeleton_order`) and each matched pair merges the two joints' groups unless
+   the merged group would hold two joints of one type (COCO's skeleton has cycles; on a tree with one-to-one matchings
+   no conflict can arise, and the order does not matter). A Python loop over the matched pairs (a few per person and
+   limb type); groups with fewer than ``min_person_joints`` joints are dropped.
+6. **Pixels to people** by Eq. 17: each human pixel ``u`` (full resolution) goes to
+   ``argmin_h min_{p ∈ P_h} ‖u + D(u) − p‖ / ((s_p + s_h) σ_h)``, with ``s_p = H(p)``, ``s_h`` the mean of its joints'
+   scores and ``σ_h`` the square root of the area of the box of its joints (at least ``R``, so that a person of one
+   or two aligned joints has a scale). Chunked over pixels, vectorised over people and joints.
+
+Output: the prediction contract (``semantic`` = the part argmax; ``person_parts``; ``person_scores`` = ``s_h``;
+``person_boxes`` from the masks; ``part_scores`` = ``s_h`` × the mean probability of the part over its pixels) plus
+``keypoints`` (N, K, 3) as (x, y, score), score 0 for a missing joint.
+
+Image sizes: images are padded (bottom, right) to a multiple of 32 so that each level is exactly twice the next;
+outputs are cropped back to each image's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.contract import IGNORE_INDEX
+from ..data.labels import COCO17, MPII16, PPP14, KeypointSet
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..ops.hough import hough_scores, point_nms
+from ..ops.matching import dykstra_matching, greedy_matching, hungarian_matching, round_assignment
+from .backbone import FPN_LEVELS, build_resnet_fpn
+from .heads.mg_heads import DSPF_VARIANTS, DSPFPyramid, LightDecoder, Predictor
+from .inference import empty_prediction
+from .inputs import check_images
+from .mg_targets import (
+    cell_centres,
+    dense_skeleton,
+    disk_loss,
+    dspf_loss,
+    dspf_targets,
+    grid_labels,
+    keypoint_targets,
+    limb_loss,
+    limb_targets,
+    offset_loss,
+    semantic_loss,
+    skeleton_order,
+)
+
+__all__ = ["MGParser", "Assembly", "KEYPOINT_SETS", "MATCHINGS", "LIMB_SETS", "HOUGH_NORMS", "TASKS", "assemble",
+           "assign_pixels", "limb_scores", "group_joints", "oracle_prediction", "oracle_maps"]
+
+KEYPOINT_SETS: dict[str, KeypointSet] = {"coco17": COCO17, "mpii16": MPII16, "ppp14": PPP14}
+MATCHINGS = ("dykstra", "hungarian", "greedy")
+LIMB_SETS = ("dense", "skeleton")
+HOUGH_NORMS = ("cells", "area")
+TASKS = ("semantic", "dspf", "disk", "offset", "limb")
+STRIDE = 4  # the output grid (the finest pyramid level)
+_ROOT_NAMES = ("nose", "head_top", "head")
+
+
+def _keypoint_set(keypoints: str | KeypointSet) -> KeypointSet:
+    if isinstance(keypoints, KeypointSet):
+        return keypoints
+    try:
+        return KEYPOINT_SETS[keypoints]
+    except KeyError:
+        raise ValueError(f"keypoints must be one of {', '.join(KEYPOINT_SETS)}, got {keypoints!r}") from None
+
+
+def _root(kset: KeypointSet) -> int:
+    for name in _ROOT_NAMES:
+        if name in kset.names:
+            return kset.index(name)
+    return 0
+
+
+class MGParser(nn.Module):
+    """The bottom-up parser; see the module docstring for what each flag is and where it comes from.
+
+    Args:
+        num_classes: part labels including background.
+        keypoints: ``"coco17"`` (SynthCrowd, DensePose-COCO), ``"mpii16"`` (MHP v2) or ``"ppp14"``
+            (PASCAL-Person-Part), or a :class:`~hparse.data.labels.KeypointSet`.
+        backbone, backbone_weights, backbone_norm, trainable_layers, backbone_width, fpn_channels: the ResNet-FPN.
+        decoder_channels: width of F_Seg and F_Pose (Panoptic-DeepLab: 256). dspf_channels: width of each DSPF
+            level (released code: 256). decoder_norm: ``"gn"`` or ``"bn"``.
+        dspf: ``"single"``, ``"incremental"`` (Eq. 2) or ``"residual"`` (Eq. 3, the paper's).
+        warp: learnable feature warping (Eqs. 4-6); needs a coarse-to-fine ``dspf``.
+        disk_radius: R in pixels (paper: 32 at its scale; recipes scale it with the image).
+        limb_sigma: σ of the limb heatmaps in pixels (paper: 9 at its scale).
+        min_visibility: joints used as targets have ``v >= min_visibility`` (2: visible, the paper's).
+        keypoint_threshold: Hough score a DSPF projection needs to become a candidate (paper: 0.7).
+        nms_radius: deduplication radius in pixels (default ``disk_radius / 3``).
+        vote_min: votes with a smaller disk probability are ignored when scoring (speed; 0.01).
+        limb_samples: points sampled along a candidate limb. limb_threshold: pairs scoring at most this never match
+            (0.7: the paper gives none; with a lower one a joint whose true partner was not detected is matched to
+            a wrong one, which merges two people; chosen on the oracle, see the chapter).
+        matching: ``"dykstra"`` (default), ``"hungarian"`` or ``"greedy"``. dykstra_iters: PGD steps.
+        limbs: ``"dense"`` (the skeleton plus the joint pairs two limbs apart, :func:`~hparse.models.mg_targets.
+            dense_skeleton`) or ``"skeleton"`` (the keypoint set's limbs only, the paper's wording).
+        hough_norm: ``"cells"`` (a Hough sum divided by the disk's cells inside the image) or ``"area"`` (by πR²,
+            Eq. 8 as printed); see :mod:`hparse.ops.hough`.
+        min_person_joints: groups with fewer joints are dropped.
+        uncertainty: Kendall uncertainty weighting of the five task losses; else ``loss_weights`` (default all 1).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        keypoints: str | KeypointSet = "coco17",
+        backbone: str = "resnet50",
+        backbone_weights: str | None = None,
+        backbone_norm: str | None = None,
+        trainable_layers: int | None = None,
+        backbone_width: int = 64,
+        fpn_channels: int = 256,
+        decoder_channels: int = 128,
+        dspf_channels: int = 64,
+        decoder_norm: str = "gn",
+        dspf: str = "residual",
+        warp: bool = True,
+        disk_radius: float = 32.0,
+        limb_sigma: float = 9.0,
+        min_visibility: int = 2,
+        keypoint_threshold: float = 0.7,
+        nms_radius: float | None = None,
+        vote_min: float = 0.01,
+        limb_samples: int = 10,
+        limb_threshold: float = 0.7,
+        matching: str = "dykstra",
+        limbs: str = "dense",
+        hough_norm: str = "cells",
+        dykstra_iters: int = 300,
+        min_person_joints: int = 1,
+        uncertainty: bool = True,
+        loss_weights: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        if dspf not in DSPF_VARIANTS:
+            raise ValueError(f"dspf must be one of {DSPF_VARIANTS}, got {dspf!r}")
+        if matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
+        if not disk_radius > 0 or not limb_sigma > 0:
+            raise ValueError(f"disk_radius and limb_sigma must be positive, got {disk_radius}, {limb_sigma}")
+        if min_visibility not in (1, 2):
+            raise ValueError(f"min_visibility must be 1 or 2, got {min_visibility}")
+        unknown = set(loss_weights or {}) - set(TASKS)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown tasks {sorted(unknown)}; tasks: {TASKS}")
+        self.num_classes = num_classes
+        self.kset = _keypoint_set(keypoints)
+        self.dspf_mode, self.warp, self.matching = dspf, warp, matching
+        self.disk_radius, self.limb_sigma, self.min_visibility = float(disk_radius), float(limb_sigma), min_visibility
+        self.assembly = Assembly(self.kset, num_classes, self.disk_radius, keypoint_threshold,
+                                 float(nms_radius) if nms_radius is not None else self.disk_radius / 3, vote_min,
+                                 limb_samples, limb_threshold, matching, dykstra_iters, min_person_joints,
+                                 limb_set=limbs, hough_norm=hough_norm)
+        self.limbs = self.assembly.limbs
+        self.body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
+                                     fpn_channels=fpn_channels, width=backbone_width)
+        channels = self.body.out_channels
+        k, e = self.kset.num_keypoints, len(self.limbs)
+        self.seg_decoder = LightDecoder(channels, decoder_channels, len(FPN_LEVELS), decoder_norm)
+        self.semantic_head = Predictor(decoder_channels, num_classes, decoder_norm)
+        self.dspf_head = DSPFPyramid(channels, dspf_channels, decoder_channels, dspf, warp, len(FPN_LEVELS),
+                                     decoder_norm)
+        self.pose_decoder = LightDecoder(channels, decoder_channels, len(FPN_LEVELS), decoder_norm)
+        prior = -math.log((1 - 0.01) / 0.01)  # heatmap logits start at probability 0.01 (focal-loss prior)
+        self.disk_head = Predictor(decoder_channels, k, decoder_norm, bias=prior)
+        self.offset_head = Predictor(decoder_channels, 2 * k, decoder_norm)  # in units of R
+        self.limb_head = Predictor(decoder_channels, e, decoder_norm, bias=prior)
+        self.uncertainty = uncertainty
+        if uncertainty:
+            self.log_vars = nn.Parameter(torch.zeros(len(TASKS)))
+        self.loss_weights = {task: 1.0 for task in TASKS} | dict(loss_weights or {})
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------------------- network
+
+    @property
+    def dspf_strides(self) -> list[int]:
+        """Strides of the supervised DSPF levels, finest last."""
+        return [STRIDE] if self.dspf_mode == "single" else [32, 16, 8, 4]
+
+    def _batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        height = math.ceil(max(i.shape[-2] for i in images) / 32) * 32
+        width = math.ceil(max(i.shape[-1] for i in images) / 32) * 32
+        batch = images[0].new_zeros(len(images), 3, height, width).float()
+        for b, image in enumerate(images):
+            batch[b, :, : image.shape[-2], : image.shape[-1]] = (image.float() - self.mean[0]) / self.std[0]
+        return batch
+
+    def maps(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw outputs on a normalised, padded (B, 3, H, W) batch, all at stride 4 except the DSPF pyramid.
+
+        Returns ``semantic`` (B, C, h, w) logits, ``dspf`` (list, finest last, cells of each level), ``flows``,
+        ``disks`` (B, K, h, w) logits, ``offsets`` (B, K, 2, h, w) pixels, ``limbs`` (B, E, h, w) logits.
+        """
+        features = self.body(batch)
+        pyramid = [features[level] for level in FPN_LEVELS]
+        seg = self.seg_decoder(pyramid)
+        fields, flows = self.dspf_head(pyramid, seg)
+        pose = self.pose_decoder(pyramid)
+        b, _, h, w = pose.shape
+        return {
+            "semantic": self.semantic_head(seg),
+            "dspf": fields,
+            "flows": flows,
+            "disks": self.disk_head(pose),
+            "offsets": self.offset_head(pose).view(b, -1, 2, h, w) * self.disk_radius,
+            "limbs": self.limb_head(pose),
+        }
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        check_images(images)
+        batch = self._batch(images)
+        out = self.maps(batch)
+        if self.training:
+            if targets is None:
+                raise ValueError("in training mode the model needs targets: model(images, targets)")
+            return self.losses(out, batch.shape[-2:], targets)
+        return self.predict(out, [tuple(i.shape[-2:]) for i in images])
+
+    # -------------------------------------------------------------------------------------------- losses
+
+    def losses(self, out: dict, size: tuple[int, int], targets: list[dict]) -> dict[str, torch.Tensor]:
+        device = out["semantic"].device
+        height, width = size
+        grid = tuple(out["semantic"].shape[-2:])
+        semantic = torch.full((len(targets), height, width), IGNORE_INDEX, dtype=torch.int64, device=device)
+        instances = torch.zeros(len(targets), height, width, dtype=torch.int64, device=device)
+        for b, t in enumerate(targets):
+            h, w = t["semantic"].shape
+            semantic[b, :h, :w] = t["semantic"].to(device)
+            instances[b, :h, :w] = t["instances"].to(device)
+        keypoints = [t["keypoints"].to(device) for t in targets]
+        offsets, weight = dspf_targets(instances, keypoints, STRIDE, self.min_visibility, grid)
+        disks, kp_offsets = keypoint_targets(keypoints, grid, STRIDE, self.disk_radius, self.min_visibility,
+                                             self.kset.num_keypoints, device)
+        limbs = limb_targets(keypoints, self.limbs, grid, STRIDE, self.limb_sigma, self.min_visibility, device)
+        raw = {
+            "semantic": semantic_loss(out["semantic"], semantic),
+            "dspf": dspf_loss(out["dspf"], self.dspf_strides, offsets, weight, self.disk_radius),
+            "disk": disk_loss(out["disks"], disks),
+            "offset": offset_loss(out["offsets"], kp_offsets, disks, self.disk_radius),
+            "limb": limb_loss(out["limbs"], limbs),
+        }
+        if self.uncertainty:
+            return {f"loss_{task}": torch.exp(-self.log_vars[i]) * raw[task] + self.log_vars[i]
+                    for i, task in enumerate(TASKS)}
+        return {f"loss_{task}": self.loss_weights[task] * raw[task] for task in TASKS}
+
+    # ----------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def predict(self, out: dict, sizes: list[tuple[int, int]]) -> list[dict]:
+        with torch.autocast(out["semantic"].device.type, enabled=False):
+            preds = []
+            for b, (height, width) in enumerate(sizes):
+                grid_h, grid_w = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
+                logits = out["semantic"][b : b + 1].float()
+                padded = (logits.shape[-2] * STRIDE, logits.shape[-1] * STRIDE)
+                probs = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+                probs = probs[0, :, :height, :width].softmax(0)
+                dspf = out["dspf"][-1][b : b + 1].float() * self.dspf_strides[-1]  # pixels
+                dspf_full = F.interpolate(dspf, size=padded, mode="bilinear", align_corners=False)
+                dspf_full = dspf_full[0, :, :height, :width]
+                preds.append(assemble(
+                    self.assembly, probs, dspf_full,
+                    human=logits[0].argmax(0)[:grid_h, :grid_w] > 0,
+                    dspf_grid=dspf[0, :, :grid_h, :grid_w],
+                    disks=out["disks"][b, :, :grid_h, :grid_w].float().sigmoid(),
+                    offsets=out["offsets"][b, :, :, :grid_h, :grid_w].float(),
+                    limbs=out["limbs"][b, :, :grid_h, :grid_w].float().sigmoid(),
+                ))
+            return preds
+
+
+# --------------------------------------------------------------------------------------------------- assembly
+
+
+def limb_scores(limb_maps: torch.Tensor, limbs, candidates: torch.Tensor, valid: torch.Tensor,
+                samples: int, stride: int) -> torch.Tensor:
+    """Eq. 9's score matrices: the mean limb heatmap along each candidate segment, all limb types at once.
+
+    Args:
+        limb_maps: (E, h, w) limb heatmaps in [0, 1] on the stride-``stride`` grid.
+        limbs: E (a, b) joint types. candidates: (K, N, 2) candidate positions in pixels; valid: (K, N) bool.
+        samples: points per segment (endpoints included).
+
+    Returns:
+        (E, N, N) scores ``A[e, n, n'] `` for candidate n of type a and n' of type b (0 where either is invalid).
+    """
+    kinds, count = valid.shape
+    e = len(limbs)
+    if count == 0 or e == 0:
+        return limb_maps.new_zeros(e, count, count)
+    a = torch.tensor([x for x, _ in limbs], device=limb_maps.device)
+    b = torch.tensor([y for _, y in limbs], device=limb_maps.device)
+    pa, pb = candidates[a][:, :, None], candidates[b][:, None, :]  # (E, N, 1, 2), (E, 1, N, 2)
+    t = torch.linspace(0, 1, samples, device=limb_maps.device).view(1, 1, 1, -1, 1)
+    points = pa[..., None, :] + t * (pb - pa)[..., None, :]  # (E, N, N, S, 2) pixels
+    h, w = limb_maps.shape[-2:]
+    norm = torch.tensor([2.0 / (w * stride), 2.0 / (h * stride)], device=limb_maps.device)
+    grid = (points * norm - 1).view(e, count * count * samples, 1, 2)
+    sampled = F.grid_sample(limb_maps[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    scores = sampled.view(e, count, count, samples).mean(-1)
+    return scores * (valid[a][:, :, None] & valid[b][:, None, :])
+
+
+def _match(scores: torch.Tensor, mask: torch.Tensor, method: str, iters: int) -> torch.Tensor:
+    if method == "hungarian":
+        return hungarian_matching(scores, mask)
+    if method == "greedy":
+        return greedy_matching(scores, mask)
+    relaxed = dykstra_matching(scores, mask, iters=iters)
+    return round_assignment(relaxed, mask)
+
+
+def group_joints(assignment: torch.Tensor, scores: torch.Tensor, limbs, order, count: int,
+                 nodes=()) -> list[list[int]]:
+    """Group candidates into people along matched limbs, "from head to foot" (module docstring, step 5).
+
+    Args:
+        assignment: (E, N, N) bool one-to-one matchings per limb type (rows: candidates of the limb's first joint
+            type ``limbs[e][0]``, columns: of its second).
+        scores: (E, N, N) limb scores; within a limb type, pairs are merged best first.
+        limbs: the E ``(a, b)`` joint types. order: ``(limb, parent, child)`` of
+            :func:`~hparse.models.mg_targets.skeleton_order` (the visiting order).
+        count: N; candidate ``n`` of type ``k`` is node ``k * N + n``.
+        nodes: every real candidate's node id (those in no matched limb become groups of one).
+
+    Returns:
+        the groups (lists of node ids), each node in exactly one.
+    """
+    parent: dict[int, int] = {}
+    types: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        types.setdefault(x, 1 << (x // count))
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for node in nodes:
+        find(node)
+    pairs = assignment.nonzero()
+    weights = scores[assignment].tolist()
+    by_limb: dict[int, list[tuple[float, int, int]]] = {}
+    for (e, i, j), w in zip(pairs.tolist(), weights):  # one device-to-host copy
+        by_limb.setdefault(e, []).append((w, i, j))
+    for e, _, _ in order:
+        a, b = limbs[e]
+        for _, i, j in sorted(by_limb.get(e, []), reverse=True):
+            ra, rb = find(a * count + i), find(b * count + j)
+            if ra == rb or types[ra] & types[rb]:  # same group already, or two joints of one type: no merge
+                continue
+            parent[rb] = ra
+            types[ra] |= types[rb]
+    groups: dict[int, list[int]] = {}
+    for node in list(parent):
+        groups.setdefault(find(node), []).append(node)
+    return list(groups.values())
+
+
+def assign_pixels(points: torch.Tensor, joints: torch.Tensor, joint_scores: torch.Tensor, present: torch.Tensor,
+                  min_scale: float = 1.0, chunk: int = 1 << 20) -> torch.Tensor:
+    """Eq. 17: the person each projected pixel belongs to.
+
+    ``ψ_h(u) = min_{p ∈ P_h} ‖u + D(u) − p‖ / ((s_p + s_h) σ_h)`` with ``s_p`` the joint's score, ``s_h`` the mean
+    score of the person's joints and ``σ_h`` the square root of the area of the box of its joints, at least
+    ``min_scale`` (:func:`assemble` passes R); the pixel goes to ``argmin_h ψ_h``.
+
+    Args:
+        points: (P, 2) projections ``u + D(u)`` in pixels.
+        joints: (H, K, 2) joints of each person; joint_scores: (H, K); present: (H, K) bool.
+        min_scale: floor of σ_h (a person of one joint, or of joints on a line, has a zero-area box).
+        chunk: bound on ``P_chunk · H · K`` elements per block.
+
+    Returns:
+        int64 (P,) person index per point (-1 when there is no person).
+    """
+    people = joints.shape[0]
+    if people == 0 or points.shape[0] == 0:
+        return torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
+    s_h = (joint_scores * present).sum(1) / present.sum(1).clamp_min(1)  # (H,)
+    big = torch.finfo(joints.dtype).max
+    lo = torch.where(present[..., None], joints, torch.full_like(joints, big)).amin(1)
+    hi = torch.where(present[..., None], joints, torch.full_like(joints, -big)).amax(1)
+    sigma = ((hi - lo).clamp_min(0).prod(-1)).sqrt().clamp_min(min_scale)  # (H,)
+    norm = (joint_scores + s_h[:, None]) * sigma[:, None]  # (H, K)
+    out = torch.empty(points.shape[0], dtype=torch.int64, device=points.device)
+    step = max(1, chunk // (people * joints.shape[1]))
+    for start in range(0, points.shape[0], step):
+        x = points[start:start + step]
+        d = (x[:, None, None, :] - joints[None]).norm(dim=-1) / norm.clamp_min(1e-6)[None]  # (p, H, K)
+        psi = d.masked_fill(~present[None], math.inf).amin(-1)
+        out[start:start + step] = psi.argmin(-1)
+    return out
+
+
+@dataclass
+class Assembly:
+    """Settings of :func:`assemble` (a :class:`MGParser` carries its own as ``model.assembly``)."""
+
+    kset: KeypointSet
+    num_classes: int
+    disk_radius: float
+    keypoint_threshold: float = 0.7
+    nms_radius: float | None = None
+    vote_min: float = 0.01
+    limb_samples: int = 10
+    limb_threshold: float = 0.7
+    matching: str = "dykstra"
+    dykstra_iters: int = 300
+    min_person_joints: int = 1
+    max_candidates: int = 50
+    limb_set: str = "dense"
+    hough_norm: str = "cells"
+    stride: int = STRIDE
+
+    def __post_init__(self):
+        if self.limb_set not in LIMB_SETS:
+            raise ValueError(f"limbs must be one of {LIMB_SETS}, got {self.limb_set!r}")
+        if self.matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
+        if self.hough_norm not in HOUGH_NORMS:
+            raise ValueError(f"hough_norm must be one of {HOUGH_NORMS}, got {self.hough_norm!r}")
+
+    @property
+    def limbs(self) -> tuple[tuple[int, int], ...]:
+        """The scored limb types: the skeleton, or the skeleton plus the pairs two limbs apart (``"dense"``)."""
+        skeleton = tuple(self.kset.skeleton)
+        return skeleton if self.limb_set == "skeleton" else dense_skeleton(skeleton, self.kset.num_keypoints)
+
+    @property
+    def order(self):
+        return skeleton_order(self.limbs, self.kset.num_keypoints, _root(self.kset), len(self.kset.skeleton))
+
+
+def _boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 4) xyxy boxes in continuous pixels (x2 = last column + 1)."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, 4, device=masks.device)
+    rows, cols = masks.any(2), masks.any(1)
+    height, width = masks.shape[-2:]
+    y1 = rows.float().argmax(1)
+    y2 = height - rows.flip(1).float().argmax(1)
+    x1 = cols.float().argmax(1)
+    x2 = width - cols.flip(1).float().argmax(1)
+    return torch.stack((x1, y1, x2, y2), 1).float()
+
+
+def assemble(cfg: Assembly, probs: torch.Tensor, dspf_full: torch.Tensor, *, human: torch.Tensor,
+             dspf_grid: torch.Tensor, disks: torch.Tensor, offsets: torch.Tensor, limbs: torch.Tensor,
+             return_steps: bool = False) -> dict:
+    """From the maps of one image to its prediction-contract dict (module docstring, steps 1-6).
+
+    Args:
+        cfg: the settings (:class:`Assembly`).
+        probs: (C, H, W) part probabilities at full resolution (one-hot for the oracle).
+        dspf_full: (2, H, W) DSPF in pixels at full resolution (for Eq. 17).
+        human: (h, w) bool human cells of the stride-``cfg.stride`` grid.
+        dspf_grid: (2, h, w) DSPF in pixels on the grid (its projections are the keypoint candidates).
+        disks: (K, h, w) disk probabilities. offsets: (K, 2, h, w) short-range offsets in pixels.
+        limbs: (E, h, w) limb heatmaps in [0, 1].
+        return_steps: also return the intermediate results under ``"steps"`` (the chapter draws them).
+
+    Returns:
+        the prediction contract plus ``keypoints``.
+    """
+    height, width = probs.shape[-2:]
+    device = probs.device
+    s = cfg.stride
+    k = cfg.kset.num_keypoints
+    radius = cfg.disk_radius
+    empty = empty_prediction((height, width), cfg.num_classes, device)
+    empty["semantic"] = probs.argmax(0)
+    empty["keypoints"] = torch.zeros(0, k, 3, device=device)
+    h, w = human.shape
+    centres = cell_centres(h, w, s, device)  # (h, w, 2) pixels
+    # 1. candidates are the projections of the human cells
+    queries = (centres + dspf_grid.permute(1, 2, 0))[human]  # (Q, 2) pixels
+    steps = {"queries": queries}
+    # 2. Hough voting (Eq. 8) at the projections, then deduplication
+    votes = (centres[None] + offsets.permute(0, 2, 3, 1)).reshape(k, -1, 2)  # (K, hw, 2) pixels
+    scores = hough_scores(votes / s, disks.reshape(k, -1), queries / s, radius / s, cfg.vote_min,
+                          size=(h, w) if cfg.hough_norm == "cells" else None)  # (K, Q)
+    passed = scores >= cfg.keypoint_threshold
+    keep = point_nms(queries[None].expand(k, -1, -1), scores, cfg.nms_radius or radius / 3, passed,
+                     cfg.max_candidates)
+    count = int(keep.sum(1).max()) if keep.numel() else 0
+    steps.update(scores=scores, keep=keep)
+    if count == 0:
+        return {**empty, "steps": steps} if return_steps else empty
+    ranked = scores.masked_fill(~keep, -math.inf).topk(count, dim=1)
+    valid = torch.isfinite(ranked.values)  # (K, N)
+    cand = queries[ranked.indices]  # (K, N, 2)
+    cand_score = ranked.values.masked_fill(~valid, 0)
+    # 3. limb scores (Eq. 9's A) and 4. matching, all limb types at once
+    A = limb_scores(limbs, cfg.limbs, cand, valid, cfg.limb_samples, s)  # (E, N, N)
+    a_idx = [a for a, _ in cfg.limbs]
+    b_idx = [b for _, b in cfg.limbs]
+    mask = valid[a_idx][:, :, None] & valid[b_idx][:, None, :] & (A > cfg.limb_threshold)
+    assignment = _match(A, mask, cfg.matching, cfg.dykstra_iters) & mask
+    steps.update(candidates=cand, candidate_valid=valid, candidate_scores=cand_score, limb_scores=A,
+                 assignment=assignment)
+    # 5. grouping from head to foot
+    nodes = valid.flatten().nonzero()[:, 0].tolist()
+    groups = [g for g in group_joints(assignment, A, cfg.limbs, cfg.order, count, nodes)
+              if len(g) >= cfg.min_person_joints]
+    if not groups:
+        return {**empty, "steps": steps} if return_steps else empty
+    people = len(groups)
+    present = torch.zeros(people, k, dtype=torch.bool, device=device)
+    joints = torch.zeros(people, k, 2, device=device)
+    joint_scores = torch.zeros(people, k, device=device)
+    node = torch.tensor([[g, n] for g, members in enumerate(groups) for n in members], device=device)
+    kind, slot = node[:, 1] // count, node[:, 1] % count
+    present[node[:, 0], kind] = True
+    joints[node[:, 0], kind] = cand[kind, slot]
+    joint_scores[node[:, 0], kind] = cand_score[kind, slot]
+    # 6. pixels to people (Eq. 17), sigma_h floored at R
+    semantic = probs.argmax(0)
+    ys, xs = (semantic > 0).nonzero(as_tuple=True)
+    points = torch.stack((xs + 0.5, ys + 0.5), 1) + dspf_full[:, ys, xs].T
+    owner = assign_pixels(points, joints, joint_scores, present, min_scale=radius)
+    person_map = torch.full((height, width), -1, dtype=torch.int64, device=device)
+    person_map[ys, xs] = owner
+    masks = person_map[None] == torch.arange(people, device=device)[:, None, None]
+    alive = masks.flatten(1).any(1)
+    masks, joints, joint_scores, present = masks[alive], joints[alive], joint_scores[alive], present[alive]
+    s_h = (joint_scores * present).sum(1) / k  # PersonLab's instance score: the joints' scores summed, over K
+    person_parts = torch.where(masks, semantic[None], torch.zeros_like(semantic)[None]).to(torch.uint8)
+    # part scores: s_h x mean probability of each part over the person's pixels of that part
+    n = masks.shape[0]
+    label = semantic[None].expand(n, -1, -1)[masks]
+    who = masks.nonzero(as_tuple=True)[0]
+    prob = probs.permute(1, 2, 0)[None].expand(n, -1, -1, -1)[masks].gather(1, label[:, None])[:, 0]
+    sums = torch.zeros(n * cfg.num_classes, device=device).index_add_(0, who * cfg.num_classes + label, prob)
+    hits = torch.zeros(n * cfg.num_classes, device=device).index_add_(0, who * cfg.num_classes + label,
+                                                                     torch.ones_like(prob))
+    part_scores = (sums / hits.clamp_min(1)).view(n, cfg.num_classes) * s_h[:, None]
+    keypoints = torch.cat((joints, joint_scores[..., None]), -1) * present[..., None]
+    pred = {
+        "semantic": semantic,
+        "person_parts": person_parts,
+        "person_scores": s_h.float(),
+        "person_boxes": _boxes_from_masks(masks),
+        "part_scores": part_scores.float(),
+        "keypoints": keypoints.float(),
+    }
+    if return_steps:
+        steps.update(groups=groups, owner=person_map)
+        pred["steps"] = steps
+    return pred
+
+
+# ----------------------------------------------------------------------------------------------------- oracle
+
+
+def oracle_maps(sample: dict, kset: KeypointSet, limbs, num_classes: int, disk_radius: float, limb_sigma: float,
+                min_visibility: int = 2, stride: int = STRIDE) -> dict[str, torch.Tensor]:
+    """The maps a perfect network would predict for ``sample``: the arguments of :func:`assemble`.
+
+    One-hot ground-truth parts (``probs``), the ground-truth DSPF at full resolution (``dspf_full``) and on the
+    grid, and the disk, offset and limb targets of :mod:`hparse.models.mg_targets`.
+    """
+    semantic = sample["semantic"].clone()
+    semantic[semantic == IGNORE_INDEX] = 0
+    height, width = semantic.shape
+    grid = (math.ceil(height / stride), math.ceil(width / stride))
+    instances = sample["instances"][None]
+    keypoints = [sample["keypoints"]]
+    dspf_full, _ = dspf_targets(instances, keypoints, 1, min_visibility)
+    dspf_grid, _ = dspf_targets(instances, keypoints, stride, min_visibility, grid)
+    disks, offsets = keypoint_targets(keypoints, grid, stride, disk_radius, min_visibility, kset.num_keypoints)
+    limbs = limb_targets(keypoints, limbs, grid, stride, limb_sigma, min_visibility)
+    return {
+        "probs": F.one_hot(semantic, num_classes).permute(2, 0, 1).float(),
+        "dspf_full": dspf_full[0],
+        "human": grid_labels(semantic[None], grid, stride)[0] > 0,
+        "dspf_grid": dspf_grid[0],
+        "disks": disks[0],
+        "offsets": offsets[0],
+        "limbs": limbs[0],
+    }
+
+
+def oracle_prediction(sample: dict, *, num_classes: int = 20, keypoints: str | KeypointSet = "coco17",
+                      disk_radius: float | None = None, limb_sigma: float | None = None, min_visibility: int = 2,
+                      return_steps: bool = False, **settings) -> dict:
+    """The parser's own assembly run on ground-truth maps: the upper bound of the grouping (issue: AP^p_50 ≥ 0.9).
+
+    Keypoint candidates come from Hough voting on the ground-truth disks and offsets at the ground-truth DSPF
+    projections, limbs are scored on the ground-truth limb heatmaps and matched and grouped as in the model, and
+    pixels are assigned by Eq. 17 with the ground-truth parts and DSPF. What it misses is what the assembly itself
+    cannot do (a person without two joints linked by a limb, a disk cut by the border that votes below 0.7, a pixel
+    whose nearest joint of its own person is nearer, in Eq. 17's normalised distance, to another person's joint).
+
+    Args:
+        sample: a data-contract sample. num_classes: part labels including background.
+        keypoints: the keypoint set name or object. disk_radius, limb_sigma: pixels (default: the paper's 32 and 9
+            scaled to the image's short side, :func:`~hparse.models.mg_targets.scaled_radius`).
+        min_visibility: joints used (2: visible).
+        return_steps: keep the intermediate results under ``"steps"``.
+        **settings: other :class:`Assembly` fields (``keypoint_threshold``, ``matching``, ...).
+
+    Returns:
+        a prediction-contract dict (plus ``keypoints``).
+    """
+    from .mg_targets import scaled_radius
+
+    kset = _keypoint_set(keypoints)
+    side = min(sample["semantic"].shape)
+    radius = disk_radius if disk_radius is not None else scaled_radius(32.0, side)
+    sigma = limb_sigma if limb_sigma is not None else scaled_radius(9.0, side)
+    cfg = Assembly(kset, num_classes, radius, **settings)
+    maps = oracle_maps(sample, kset, cfg.limbs, num_classes, radius, sigma, min_visibility, cfg.stride)
+    return assemble(cfg, maps.pop("probs"), maps.pop("dspf_full"), return_steps=return_steps, **maps)
