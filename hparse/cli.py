@@ -414,9 +414,31 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--parsing-batch", type=_positive_int, default=None, help="parsing RoIs per image in training")
 
 
+def _mg_parser_config(args, profile) -> dict:
+    """The profile's mg_parser recipe (its flags are build_model keywords; the command line sets only the backbone)."""
+    from .recipes import recipe as method_recipe
+
+    given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
+             and flag != "backbone"] + (["--attention"] if getattr(args, "attention", None) is not None else [])
+    if given:
+        raise UserError(f"{', '.join(given)}: top-down component flags do not apply to mg_parser")
+    try:
+        recipe = method_recipe("mg_parser", profile, args.dataset)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.backbone is not None:
+        recipe["model"]["backbone"] = args.backbone
+    if getattr(args, "backbone_weights", None):
+        recipe["model"]["backbone_weights"] = args.backbone_weights
+    return recipe
+
+
 def _model_config(args, profile) -> dict:
     """The profile's recipe for the model and dataset with the command line's component flags on top."""
     from .recipes import recipe as method_recipe
+
+    if getattr(args, "model", None) == "mg_parser":
+        return _mg_parser_config(args, profile)
 
     if getattr(args, "model", "parsing_rcnn") == "attention_rcnn":
         given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
@@ -803,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train Parsing R-CNN or the RoI attention framework (checkpoints, log, "
                            "results file with provenance)")
-    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn", "attention_rcnn"))
+    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn", "attention_rcnn", "mg_parser"))
     train.add_argument("--attention", default=None,
                        choices=("concat_after_conv4", "concat_after_conv4_trans", "dot_after_conv3_sum",
                                 "dot_after_conv4_sum", "none"),
