@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..data import SynthCrowd
+from ..engine.checkpoint import CHECKPOINT_NAME, load_model
 from ..engine.profiles import Profile, get_device, seed_everything
 from ..engine.results import RUN_RECORD_NAME, config_differences, write_result
 from ..engine.trainer import train
@@ -34,9 +35,11 @@ from ..models import build_model
 from ..recipes import recipe as method_recipe
 from ..recipes import with_iterations
 
-__all__ = ["run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
+__all__ = ["SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
            "run_folder"]
 
+#: The seeds of every ablation unless asked otherwise.
+SEEDS = (0, 1, 2)
 #: The metrics summarised over seeds (every other number stays in ``per_seed``).
 SUMMARY_KEYS = ("mIoU", "APp50", "APpvol", "PCP50", "APr50", "APrvol", "train_images_per_s")
 
@@ -78,7 +81,7 @@ def train_seed(method: str, profile: Profile, flags: dict, seed: int, out_dir: s
     """Train one ``(variant, seed)`` run of ``method`` with the profile's recipe and ``flags``; evaluate it on val.
 
     Returns ``(metrics, model)``; ``model`` is ``None`` when the run was reused from its record and ``keep_model`` is
-    false (with ``keep_model`` a reused run is rebuilt from its checkpoint).
+    false (with ``keep_model`` a reused run's model is rebuilt from its checkpoint, in eval mode).
     """
     device = get_device(device)
     plan = method_recipe(method, profile, **flags)
@@ -90,16 +93,16 @@ def train_seed(method: str, profile: Profile, flags: dict, seed: int, out_dir: s
               "dataset": "synth", "data": data, "val_images": len(val_set), "seed": seed}
     out_dir = Path(out_dir)
     saved = _saved(out_dir, config, train_cfg["iterations"]) if reuse else None
-    if saved is not None and not keep_model:
-        return saved, None
+    if saved is not None:
+        if not keep_model:
+            return saved, None
+        model, _ = load_model(out_dir / CHECKPOINT_NAME, device=device)
+        return saved, model
     seed_everything(seed)
     model = build_model(method, num_classes=train_set.labels.num_classes, **plan["model"])
-    summary = train(model, train_set, eval_dataset=val_set if saved is None else None, out_dir=out_dir, seed=seed,
-                    device=device, progress=False, config=config, profile=profile.name,
-                    **{**train_cfg, "eval_every": 0 if saved is not None else train_cfg["eval_every"]})
+    summary = train(model, train_set, eval_dataset=val_set, out_dir=out_dir, seed=seed, device=device,
+                    progress=False, config=config, profile=profile.name, **train_cfg)
     model.eval()
-    if saved is not None:
-        return saved, model
     metrics = {**(summary["metrics"] or {}), "train_images_per_s": summary["images_per_s"],
                "iterations": summary["step"], "wall_time_s": summary["wall_time_s"]}
     return metrics, model
