@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, str] = {
     "matching": "hparse.benchmarks.matching",
     "matching_quality": "hparse.benchmarks.matching:quality",
     "metrics": "hparse.benchmarks.metrics",
+    "mg_parser": "hparse.benchmarks.mg_parser",
+    "mg_parser_oracle": "hparse.benchmarks.mg_parser:oracle",
     "parsing_rcnn": "hparse.benchmarks.parsing_rcnn",
     "roi_align": "hparse.benchmarks.roi_align",
     "synth": "hparse.benchmarks.synth",
