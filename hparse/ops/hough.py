@@ -100,7 +100,7 @@ def hough_map(votes: torch.Tensor, weights: torch.Tensor, size: tuple[int, int],
 
 
 def hough_scores(votes: torch.Tensor, weights: torch.Tensor, points: torch.Tensor, radius: float,
-                 min_weight: float = 0.0, chunk: int = 4096, size: tuple[int, int] | None = None) -> torch.Tensor:
+                 min_weight: float = 0.0, chunk: int = 1 << 22, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Eq. 8 at arbitrary points, exactly: ``H_k(x_q) = Σ_v w_kv K(v_kv − x_q) / πR²`` for every type and point.
 
     Args:
@@ -108,7 +108,7 @@ def hough_scores(votes: torch.Tensor, weights: torch.Tensor, points: torch.Tenso
         points: (Q, 2) query points in cell units (the same points are scored under every type).
         radius: disk radius in cells (the normaliser πR²).
         min_weight: votes with a smaller weight are dropped first (a speed knob; 0 keeps all).
-        chunk: queries per block (memory ``K · chunk · V``).
+        chunk: bound on the ``K · q · V`` vote-query pairs of one block (the queries per block follow from it).
         size: (H, W) of the grid. Given, each point's sum is divided by the number of grid cells its disk would
             hold inside the image (:func:`disk_cells`) instead of by πR², so that a keypoint near the border, whose
             disk the border cuts, can still score 1 (see the module docstring).
@@ -129,11 +129,12 @@ def hough_scores(votes: torch.Tensor, weights: torch.Tensor, points: torch.Tenso
         order = keep.float().argsort(dim=1, descending=True, stable=True)[:, :top]
         votes = votes.gather(1, order[..., None].expand(-1, -1, 2))
         weights = weights.gather(1, order) * (torch.arange(top, device=votes.device)[None] < per[:, None])
-    for start in range(0, points.shape[0], chunk):
-        q = points[start:start + chunk]  # (q, 2)
+    step = max(1, chunk // max(kinds * votes.shape[1], 1))
+    for start in range(0, points.shape[0], step):
+        q = points[start:start + step]  # (q, 2)
         d = (votes[:, None, :, :] - q[None, :, None, :]).abs()  # (K, q, V, 2)
         tent = (1 - d).clamp_min(0).prod(-1)  # (K, q, V)
-        out[:, start:start + chunk] = (tent * weights[:, None, :]).sum(-1)
+        out[:, start:start + step] = (tent * weights[:, None, :]).sum(-1)
     if size is not None:
         return out / disk_cells(points, radius, size).clamp_min(1)[None]
     return out / disk_area(radius)
