@@ -15,28 +15,42 @@ for every method (Parsing R-CNN's Table 6 ladder, the RoI attention Table 5, the
 The seed sets the model's initialisation, the order of the training images and their augmentation; the training and
 validation images themselves are the same for every seed and variant (SynthCrowd ``train`` and ``val`` at seed 0),
 so seeds measure the spread of *training*, and the variants are compared on one validation set.
+
+**Artefacts the book draws.** After a variant's first seed (seed 0 by default) :func:`save_artefacts` keeps, beside the
+records, what the chapters plot from a real run (small enough to commit; nothing over 5 MB is ever written):
+
+- ``results/<profile>/<method>/logs/<variant>.jsonl``: the run's ``train_log.jsonl`` (thinned to every k-th training
+  step when it is over 1 MB; evaluation records are all kept);
+- ``results/<profile>/<method>/predictions/<variant>.pt.gz``: the model's eval outputs (prediction contract, at most a
+  few persons each) on the first :data:`ARTEFACT_IMAGES` val images, and for models with ``roi_maps`` the attention
+  and part maps of the ground-truth boxes; gzip-compressed ``torch.save`` (part maps are mostly zeros), read back with
+  :func:`load_predictions`. :func:`saved_artefacts` finds both for a page.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torchvision.io import decode_jpeg, encode_jpeg
 
 from ..data import SynthCrowd
 from ..engine.checkpoint import CHECKPOINT_NAME, load_model
 from ..engine.profiles import Profile, get_device, seed_everything
-from ..engine.results import RUN_RECORD_NAME, config_differences, write_result
-from ..engine.trainer import train
+from ..engine.results import RUN_RECORD_NAME, atomic_write_text, config_differences, results_dir, write_result
+from ..engine.trainer import LOG_NAME, train
 from ..models import build_model
 from ..recipes import recipe as method_recipe
 from ..recipes import with_iterations
 
 __all__ = ["SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
-           "run_folder"]
+           "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
+           "artefact_paths", "record_spread"]
 
 #: The seeds of every ablation unless asked otherwise.
 SEEDS = (0, 1, 2)
@@ -129,11 +143,205 @@ def exceeds_spread(a: dict, b: dict, key: str) -> bool:
     return gap > a["std"][key] + b["std"][key]
 
 
+# ------------------------------------------------------------------------------------------------- artefacts
+
+#: Val images whose predictions are kept beside a variant's record (the first ones of the fixed val split).
+ARTEFACT_IMAGES = 4
+#: A copied training log larger than this is thinned to every k-th training step.
+LOG_BYTES = 1_000_000
+#: Target size of a predictions file; persons of lowest score are dropped until it fits.
+PREDICTION_BYTES = 400_000
+#: Nothing larger is ever written under results/.
+MAX_BYTES = 5_000_000
+
+
+def artefact_paths(method: str, variant: str, profile: str, root: str | Path | None = None) -> dict[str, Path]:
+    """``{"log": results/<profile>/<method>/logs/<variant>.jsonl, "predictions": .../predictions/<variant>.pt.gz}``."""
+    base = Path(root or results_dir()) / profile / method
+    return {"log": base / "logs" / f"{variant}.jsonl", "predictions": base / "predictions" / f"{variant}.pt.gz"}
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"refusing to write {path}: {len(data):,} bytes is over the {MAX_BYTES:,}-byte limit of "
+                         "files under results/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _thinned_log(source: Path, max_bytes: int = LOG_BYTES) -> str:
+    """The lines of a training log, every k-th training step kept (and the last) when it is over ``max_bytes``;
+    evaluation and other records are all kept."""
+    text = source.read_text()
+    if len(text.encode()) < max_bytes:
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    train_lines = [i for i, r in enumerate(records) if r.get("kind") == "train"]
+    train_bytes = sum(len(lines[i]) + 1 for i in train_lines)
+    other_bytes = sum(len(line) + 1 for line in lines) - train_bytes
+    k = max(1, math.ceil(train_bytes / max(1, 0.9 * max_bytes - other_bytes)))
+    keep = set(train_lines[::k]) | set(train_lines[-1:])
+    return "".join(line + "\n" for i, line in enumerate(lines) if i in keep or records[i].get("kind") != "train")
+
+
+def _compact(pred: dict, persons: int) -> dict:
+    """A prediction-contract dict on the CPU with its ``persons`` highest-scoring persons, maps as uint8."""
+    order = torch.argsort(pred["person_scores"].float(), descending=True)[:persons].cpu()
+    out = {}
+    for key, value in pred.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value.detach().cpu()
+        if key == "semantic":
+            out[key] = value.to(torch.uint8)
+        elif key in ("person_parts",):
+            out[key] = value[order].to(torch.uint8)
+        elif key in ("person_masks",):
+            out[key] = value[order].bool()
+        elif value.ndim >= 1 and len(value) == len(pred["person_scores"]):
+            out[key] = value[order].float() if value.is_floating_point() else value[order]
+        else:
+            out[key] = value
+    out["num_predicted"] = int(len(pred["person_scores"]))
+    return out
+
+
+@torch.no_grad()
+def save_artefacts(model: torch.nn.Module, dataset, run_dir: str | Path, *, method: str, variant: str, profile: str,
+                   seed: int, images: int = ARTEFACT_IMAGES, persons: int = 16, root: str | Path | None = None,
+                   max_bytes: int = PREDICTION_BYTES) -> dict[str, Path]:
+    """Keep what the book draws from one trained run: its training log and predictions on a few val images.
+
+    Args:
+        model: the trained model (any device).
+        dataset: the val split it was evaluated on; its first ``images`` samples are predicted.
+        run_dir: the run folder (``train_log.jsonl`` and ``result.json``).
+        method, variant, profile: where the files go (:func:`artefact_paths`).
+        seed: the run's seed (recorded).
+        images: how many val images.
+        persons: at most this many persons (highest scores) kept per image; fewer when the file would exceed
+            ``max_bytes``.
+        root: results folder (default :func:`hparse.engine.results.results_dir`).
+
+    Returns:
+        The paths written (``{"log", "predictions"}``; ``log`` is absent when the run folder has no log).
+    """
+    run_dir = Path(run_dir)
+    paths = artefact_paths(method, variant, profile, root)
+    written = {}
+    log = run_dir / LOG_NAME
+    if log.exists():
+        paths["log"].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths["log"], _thinned_log(log))
+        written["log"] = paths["log"]
+    run_record = {}
+    if (run_dir / RUN_RECORD_NAME).exists():
+        run_record = json.loads((run_dir / RUN_RECORD_NAME).read_text())
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    samples = [dataset[i] for i in range(min(images, len(dataset)))]
+    try:
+        preds = model([s["image"].to(device) for s in samples])
+        roi_maps = None
+        if hasattr(model, "roi_maps") and all(len(s["boxes"]) for s in samples):
+            roi_maps = []
+            for s, maps in zip(samples, model.roi_maps([s["image"].to(device) for s in samples],
+                                                       [s["boxes"].to(device) for s in samples])):
+                entry = {"boxes": s["boxes"].float().cpu(), "labels": maps["labels"].to(torch.uint8).cpu()}
+                if "attention" in maps:
+                    entry["attention"] = maps["attention"].to(torch.float16).cpu()
+                roi_maps.append(entry)
+    finally:
+        model.train(was_training)
+    base = {
+        "format": 1, "method": method, "variant": variant, "profile": profile, "seed": seed,
+        "iterations": (run_record.get("metrics") or {}).get("iterations"),
+        "run_config": json.loads(json.dumps(run_record.get("config") or {}, default=str)),
+        "image_ids": [str(s["meta"]["id"]) for s in samples],
+        # the images for display only: JPEG at quality 90 (a tenth of the raw bytes)
+        "images_jpeg": [encode_jpeg((s["image"].cpu().clamp(0, 1) * 255).round().to(torch.uint8), quality=90)
+                        for s in samples],
+        "targets": [{"semantic": s["semantic"].to(torch.uint8), "instances": s["instances"].to(torch.uint8),
+                     "boxes": s["boxes"].float()} for s in samples],
+        "roi_maps": roi_maps,
+    }
+    while True:
+        blob = io.BytesIO()
+        torch.save({**base, "predictions": [_compact(p, persons) for p in preds], "persons_kept": persons}, blob)
+        data = gzip.compress(blob.getvalue(), compresslevel=6)
+        if len(data) <= max_bytes or persons <= 1:
+            break
+        persons = max(1, persons // 2)
+    _write_bytes(paths["predictions"], data)
+    written["predictions"] = paths["predictions"]
+    return written
+
+
+def load_predictions(path: str | Path) -> dict:
+    """A predictions file of :func:`save_artefacts`, on the CPU.
+
+    Returns:
+        ``{"predictions": [prediction-contract dicts, plus "num_predicted"], "images": [uint8 (3, H, W), decoded
+        from JPEG: for display], "targets": [{"semantic", "instances", "boxes"}], "image_ids", "roi_maps": per image
+        {"boxes", "labels" (R, 56, 56), "attention" (R, 28, 28) float16} or None, "seed", "iterations", "profile",
+        "method", "variant", "run_config"}``.
+    """
+    saved = torch.load(io.BytesIO(gzip.decompress(Path(path).read_bytes())), map_location="cpu", weights_only=True)
+    saved["images"] = [decode_jpeg(data) for data in saved.pop("images_jpeg", [])]
+    return saved
+
+
+def _artefact_current(path: Path, run_dir: Path) -> bool:
+    """Whether the predictions file at ``path`` was made from the run now in ``run_dir`` (same config, iterations)."""
+    if not path.exists() or not (run_dir / RUN_RECORD_NAME).exists():
+        return False
+    try:
+        saved = load_predictions(path)
+        record = json.loads((run_dir / RUN_RECORD_NAME).read_text())
+    except Exception:  # an unreadable artefact is remade
+        return False
+    return (saved.get("iterations") == (record.get("metrics") or {}).get("iterations")
+            and saved.get("run_config") == json.loads(json.dumps(record.get("config") or {}, default=str)))
+
+
+def saved_artefacts(method: str, variant: str, profiles: Sequence[str] = ("gpu", "cpu"),
+                    root: str | Path | None = None) -> dict | None:
+    """The artefacts of ``method``'s ``variant`` in the first of ``profiles`` that has its predictions or its log.
+
+    Returns:
+        ``{"profile", "log": path or None, "predictions": path or None}``, or ``None`` when no profile has either.
+    """
+    for profile in profiles:
+        paths = artefact_paths(method, variant, profile, root)
+        found = {key: path if path.exists() else None for key, path in paths.items()}
+        if any(found.values()):
+            return {"profile": profile, **found}
+    return None
+
+
+def record_spread(metrics: dict, seed: int | None = None) -> dict:
+    """A record's ``metrics`` as :func:`run_variants` writes them (``mean``, ``std``, ``per_seed``, ``seeds``).
+
+    A record of the older one-seed format (plain metrics, no ``per_seed``) is read as one seed: its values are the
+    mean, the spread is 0, and ``seeds`` is ``[seed]`` (the record config's seed, ``None`` when unknown).
+    """
+    if "per_seed" in metrics and "mean" in metrics:
+        return metrics
+    plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"mean": dict(plain), "std": {k: 0.0 for k in plain}, "min": dict(plain), "max": dict(plain),
+            "per_seed": {str(seed): dict(metrics)}, "seeds": [seed], "iterations": metrics.get("iterations"),
+            "one_seed_record": True}
+
+
 def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Sequence[int], profile: Profile, *,
                  record_prefix: str, out_root: str | Path, iterations: int | None = None,
                  device: torch.device | str | None = None, val_images: int | None = None, write: bool = True,
                  force: bool = False, notes: str = "", on_run: Callable[[str, int, dict], None] | None = None,
-                 ) -> dict[str, dict]:
+                 artefacts: bool | None = None) -> dict[str, dict]:
     """Train every ``(variant, seed)`` (reusing finished runs) and write one record per variant.
 
     Args:
@@ -148,18 +356,29 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             variants it finished).
         force: let a record replace one of another config or of a longer run.
         on_run: called as ``on_run(variant, seed, metrics)`` after each run (progress reports).
+        artefacts: after each variant's record, keep the first seed's log and predictions with
+            :func:`save_artefacts` (default: when ``write``); a reused run's are remade only when missing or of
+            another run.
 
     Returns:
         ``{variant: metrics}`` with ``metrics`` as written (``per_seed``, ``mean``, ``std``, ``min``, ``max``,
         ``seeds``, ``iterations``).
     """
     device = get_device(device)
+    artefacts = write if artefacts is None else artefacts
     results = {}
     for name, flags in variants:
         per_seed = {}
+        kept = None  # the first seed's model, for the artefacts
         for seed in seeds:
-            metrics, _ = train_seed(method, profile, flags, seed, run_folder(out_root, profile, name, seed),
-                                    iterations=iterations, device=device, val_images=val_images, variant=name)
+            folder = run_folder(out_root, profile, name, seed)
+            keep = artefacts and seed == seeds[0] and not _artefact_current(
+                artefact_paths(method, name, profile.name)["predictions"], folder)
+            metrics, model = train_seed(method, profile, flags, seed, folder, iterations=iterations, device=device,
+                                        val_images=val_images, variant=name, keep_model=keep)
+            if keep:
+                kept = model
+            del model
             per_seed[seed] = metrics
             if on_run is not None:
                 on_run(name, seed, metrics)
@@ -177,5 +396,10 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
                          notes=(notes or f"{method} variant {name!r}") + f", seeds {list(seeds)}, profile "
                          f"{profile.name}, device {device.type}" + ("" if device.type == "cuda" else
                                                                     " (CPU run: no GPU was used)"))
+        if kept is not None:
+            _, val_set = synth_splits(plan["data"], val_images=val_images)
+            save_artefacts(kept, val_set, run_folder(out_root, profile, name, seeds[0]), method=method, variant=name,
+                           profile=profile.name, seed=seeds[0])
+            del kept
         results[name] = record
     return results
