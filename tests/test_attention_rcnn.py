@@ -429,23 +429,51 @@ def test_other_person_fraction():
 
 def test_ablation_and_crowding_sweep_write_results(tmp_path, tmp_results):
     from hparse.engine import get_profile
-    from hparse.experiments.attention_ablation import ablation, crowding_sweep
+    from hparse.experiments.attention_ablation import ablation, crowding_sweep, saved_ablation
+    from hparse.experiments.runner import load_predictions, saved_artefacts
 
     profile = get_profile("smoke").override(train_images=4, val_images=2)
-    results = ablation(profile, "cpu", variants=(None, "concat_after_conv4"), iterations=1, out_root=tmp_path)
+    results = ablation(profile, "cpu", seeds=(0, 1), variants=(None, "concat_after_conv4"), iterations=1,
+                       out_root=tmp_path)
     assert set(results) == {"none", "concat_after_conv4"}
     record = json.loads((tmp_results / "smoke" / "attention_rcnn" / "ablation_concat_after_conv4.json").read_text())
     assert record["config"]["model"]["attention"] == "concat_after_conv4" and record["metrics"]["iterations"] == 1
-    assert "APr50" in record["metrics"] and "no GPU" in record["notes"]
+    metrics = record["metrics"]
+    assert metrics["seeds"] == [0, 1] and set(metrics["per_seed"]) == {"0", "1"}
+    assert "APr50" in metrics["per_seed"]["1"] and metrics["std"]["mIoU"] >= 0 and "no GPU" in record["notes"]
+    assert (tmp_path / "smoke" / "none" / "seed1" / "checkpoint.pt").exists()
+    # The first seed's artefacts beside the record: its log and predictions with the attention maps of the gt boxes.
+    found = saved_artefacts("attention_rcnn", "concat_after_conv4", profiles=("smoke",))
+    assert found["log"].stat().st_size < 1_000_000 and found["predictions"].stat().st_size < 500_000
+    saved = load_predictions(found["predictions"])
+    assert saved["seed"] == 0 and saved["iterations"] == 1 and len(saved["predictions"]) == 2
+    pred, maps = saved["predictions"][0], saved["roi_maps"][0]
+    assert pred["person_parts"].dtype == torch.uint8 and pred["person_parts"].shape[1:] == saved["images"][0].shape[1:]
+    assert maps["attention"].shape[1:] == (28, 28) and len(maps["boxes"]) == len(saved["targets"][0]["boxes"])
+    assert saved_ablation(("smoke",)) is None  # three variants have no record: no table mixes sources
     with pytest.raises(ValueError, match="unknown variants"):
         ablation(profile, "cpu", variants=("concat",))
-    # The sweep reuses the finished runs of the ablation (no training) and evaluates each crowding.
-    sweep = crowding_sweep(profile, "cpu", crowdings=(0.0, 1.0), iterations=1, out_root=tmp_path)
+    # The sweep reuses every seed's finished run (no training) and evaluates each crowding.
+    sweep = crowding_sweep(profile, "cpu", seeds=(0, 1), crowdings=(0.0, 1.0), iterations=1, out_root=tmp_path)
     record = json.loads((tmp_results / "smoke" / "attention_rcnn" / "crowding.json").read_text())
-    assert record["metrics"]["crowding"] == [0.0, 1.0] == sweep["crowding"]
-    assert set(sweep["variants"]) == {"none", "concat_after_conv4"}
+    assert record["metrics"]["crowding"] == [0.0, 1.0] == sweep["crowding"] and sweep["seeds"] == [0, 1]
+    assert set(sweep["variants"]) == set(sweep["std"]) == set(sweep["per_seed"]) == {"none", "concat_after_conv4"}
     assert len(sweep["variants"]["none"]["APp50"]) == 2 and len(sweep["other_person_fraction"]) == 2
+    assert set(sweep["per_seed"]["none"]) == {"0", "1"} and len(sweep["per_seed"]["none"]["1"]["APr50"]) == 2
+    first = [sweep["per_seed"]["none"][s]["mIoU"][0] for s in ("0", "1")]
+    assert sweep["variants"]["none"]["mIoU"][0] == pytest.approx(sum(first) / 2)
+    assert sweep["std"]["none"]["mIoU"][0] == pytest.approx(abs(first[0] - first[1]) / 2 ** 0.5)
     assert sweep["other_person_fraction"][1] >= sweep["other_person_fraction"][0]
+    assert record["config"]["models"]["none"]["train"]["iterations"] == 1
+
+
+def test_sweep_spread_reads_old_and_new_records():
+    from hparse.experiments.attention_ablation import sweep_spread
+
+    old = {"crowding": [0.0, 1.0], "variants": {"none": {"APr50": [0.1, None]}}}
+    assert sweep_spread(old, "none", "APr50") == ([0.1, None], [0.0, None])
+    new = {**old, "std": {"none": {"APr50": [0.02, None]}}}
+    assert sweep_spread(new, "none", "APr50") == ([0.1, None], [0.02, None])
 
 
 class _OracleParser(torch.nn.Module):
@@ -513,9 +541,11 @@ def test_roi_noise_sweep_writes_results(tmp_path, tmp_results):
     from hparse.experiments.attention_ablation import ROI_NOISE_KEYS, roi_noise_sweep
 
     profile = get_profile("smoke").override(train_images=4, val_images=2, iterations=1)
-    sweep = roi_noise_sweep(profile, "cpu", crowdings=(0.0, 1.0), out_root=tmp_path)
+    sweep = roi_noise_sweep(profile, "cpu", seeds=(0, 1), crowdings=(0.0, 1.0), out_root=tmp_path)
     record = json.loads((tmp_results / "smoke" / "attention_rcnn" / "roi_noise.json").read_text())
-    assert record["metrics"]["crowding"] == [0.0, 1.0]
+    assert record["metrics"]["crowding"] == [0.0, 1.0] and record["metrics"]["seeds"] == [0, 1]
+    assert set(sweep["per_seed"]["concat_after_conv4"]) == {"0", "1"}
+    assert all(s is None or s >= 0 for s in sweep["std"]["none"]["other_leakage"])
     for key in ("none", "concat_after_conv4"):
         rows = sweep["variants"][key]
         assert set(ROI_NOISE_KEYS) <= set(rows) and rows["num_rois"][0] > 0

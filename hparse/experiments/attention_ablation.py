@@ -1,58 +1,66 @@
-"""Table 5 of the RoI attention paper on SynthCrowd, and how attention fares as crowds get denser.
+"""Table 5 of the RoI attention paper on SynthCrowd with several seeds, and how attention fares as crowds get denser.
 
 :func:`ablation` trains the framework without attention and with each of the paper's four fusions
 (``dot_after_conv3_sum``, ``dot_after_conv4_sum``, ``concat_after_conv4_trans``, ``concat_after_conv4``; Table 5 of
-Qin et al., BMVC 2019, plus "w/o attention" of Table 1) with the same data, seed, schedule and detector, evaluates
-each on SynthCrowd val, and writes ``results/<profile>/attention_rcnn/ablation_<variant>.json``.
+Qin et al., BMVC 2019, plus "w/o attention" of Table 1) with the same recipe (:func:`hparse.recipes.recipe`), data and
+schedule, each with several seeds, through :func:`hparse.experiments.runner.run_variants`; it writes one record per
+variant, ``results/<profile>/attention_rcnn/ablation_<variant>.json``, with each seed's metrics, their mean and spread
+(and the first seed's training log and predictions beside it, :func:`~hparse.experiments.runner.save_artefacts`).
 
-:func:`crowding_sweep` evaluates trained models (by default with and without attention) on SynthCrowd val rendered at
-several ``crowding`` values -- the same people moved closer together -- and writes AP^p50 and AP^r50 against crowding
-to ``results/<profile>/attention_rcnn/crowding.json``. It reuses the ablation's checkpoints when they exist (the
-trainer resumes a finished run without training again), so running the ablation first makes the sweep cheap.
+:func:`crowding_sweep` evaluates every seed's model of each variant (by default with and without attention) on
+SynthCrowd val rendered at several ``crowding`` values -- the same people moved closer together -- and writes AP^p and
+AP^r against crowding, per seed and as mean and spread over seeds, to
+``results/<profile>/attention_rcnn/crowding.json``. The models are the ablation's runs (reused from their run
+folders; a missing one is trained), so running the ablation first makes the sweep cheap.
 
 :func:`roi_noise_sweep` asks the attention branch's own question without the detector in the way: every ground-truth
 person's box is parsed (oracle RoIs), and the 56x56 labels are scored against that person only -- how many cells of
 *other* people inside the box get a part label (``other_leakage``, the "noise from other instances" of Sec. 3.1), how
 many of the person's own cells do (``own_recall``), and the part mIoU inside the boxes (``roi_mIoU``). It writes
-``results/<profile>/attention_rcnn/roi_noise.json``. Detection AP needs a trained detector; this measure needs only a
-trained parsing branch, so it can tell the variants apart earlier in training.
+``results/<profile>/attention_rcnn/roi_noise.json`` in the sweep's format. Detection AP needs a trained detector; this
+measure needs only a trained parsing branch, so it can tell the variants apart earlier in training.
 
-Run folders (checkpoints, logs) are ``<out_root>/<profile>/<variant>``::
+Run folders (checkpoints, logs) are ``<out_root>/<profile>/<variant>/seed<k>``; finished runs are reused::
 
-    python -m hparse.experiments.attention_ablation --profile cpu             # Table 5 at the cpu profile's size
-    python -m hparse.experiments.attention_ablation --profile cpu --crowding  # then the crowding sweep
-    python -m hparse.experiments.attention_ablation --profile cpu --roi-noise # and the oracle-box RoI measure
+    python -m hparse.experiments.attention_ablation --profile cpu                 # Table 5, seeds 0 1 2
+    python -m hparse.experiments.attention_ablation --profile cpu --crowding      # then the crowding sweep
+    python -m hparse.experiments.attention_ablation --profile cpu --roi-noise     # and the oracle-box RoI measure
+    python -m hparse.experiments.attention_ablation --profile cpu --seeds 0 1 2 3 --variants none concat_after_conv4
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ..data import SynthCrowd
 from ..data.contract import IGNORE_INDEX
-from ..engine.profiles import Profile, get_device, get_profile, seed_everything
+from ..engine.profiles import Profile, get_device, get_profile
 from ..engine.results import find_results, write_result
-from ..engine.trainer import evaluate, train
+from ..engine.trainer import evaluate
 from ..metrics.semantic import SemanticIoU
-from ..models import build_model
 from ..models.attention_rcnn import ATTENTION_VARIANTS
 from ..models.targets import parsing_targets, sample_label_maps
 from ..recipes import recipe as method_recipe
-from ..recipes import warmup_steps
+from ..recipes import with_iterations
+from . import runner
+from .runner import SEEDS, run_folder, run_variants, train_seed
 
-__all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "variant_key", "synth_splits", "train_variant", "ablation",
-           "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise", "roi_noise_sweep",
-           "ROI_NOISE_KEYS", "saved_sweep"]
+__all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "SEEDS", "RECORD_PREFIX", "OUT_ROOT", "variant_key", "synth_splits",
+           "seed_model", "ablation", "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise",
+           "roi_noise_sweep", "ROI_NOISE_KEYS", "saved_sweep", "sweep_spread"]
 
 VARIANTS = ATTENTION_VARIANTS
 CROWDINGS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TRAIN_CROWDING = 0.5  # SynthCrowd's default: the models train on moderately crowded scenes
 #: The metrics recorded per crowding (Table 5 reports AP^r; AP^p measures each person's parsing).
 HEADLINE = ("APp50", "APpvol", "APr50", "APrvol", "mIoU", "PCP50")
+RECORD_PREFIX = "attention_rcnn/ablation_"
+OUT_ROOT = "runs/attention_ablation"
 
 
 def variant_key(attention: str | None) -> str:
@@ -60,55 +68,34 @@ def variant_key(attention: str | None) -> str:
     return "none" if attention is None else attention
 
 
-def synth_splits(profile: Profile, seed: int = 0, crowding: float = TRAIN_CROWDING,
+def _attention(key: str) -> str | None:
+    return None if key == "none" else key
+
+
+def synth_splits(profile: Profile, crowding: float = TRAIN_CROWDING,
                  val_images: int | None = None) -> tuple[SynthCrowd, SynthCrowd]:
-    """SynthCrowd train and val at the profile's size (val at ``crowding``; train always at the default).
+    """SynthCrowd train and val at the attention recipe's data sizes (val at ``crowding``; train at the default).
 
-    ``val_images`` (default: the profile's) takes the first images of the same val split.
+    The same images for every seed and variant (:func:`hparse.experiments.runner.synth_splits`); ``val_images``
+    (default: the recipe's) takes the first images of the val split.
     """
-    common = dict(image_size=profile.image_size, min_people=1, max_people=profile.max_people, seed=seed)
-    return (SynthCrowd("train", num_images=profile.train_images, crowding=TRAIN_CROWDING, **common),
-            SynthCrowd("val", num_images=val_images or profile.val_images, crowding=crowding, **common))
+    data = method_recipe("attention_rcnn", profile)["data"]
+    return runner.synth_splits(data, crowding=TRAIN_CROWDING, val_crowding=crowding, val_images=val_images)
 
 
-def train_variant(profile: Profile, attention: str | None, device: torch.device | str | None = None, *,
-                  iterations: int | None = None, out_root: str | Path = "runs/attention_ablation", seed: int = 0,
-                  with_eval: bool = True, val_images: int | None = None) -> tuple[torch.nn.Module, dict, dict]:
-    """Train (or resume) one variant with the profile's SynthCrowd recipe.
-
-    Args:
-        profile: run sizes.
-        attention: the fusion variant (``None``: w/o attention).
-        device: default CUDA when available.
-        iterations: override the profile's iterations.
-        out_root: the run folder is ``out_root/<profile>/<variant>``; a finished run there is loaded, not retrained.
-        seed: model init, data order and augmentation.
-        with_eval: evaluate on SynthCrowd val at the end of training (``summary["metrics"]``).
-        val_images: val images to evaluate on (default: the profile's).
+def seed_model(profile: Profile, attention: str | None, seed: int = 0, device: torch.device | str | None = None, *,
+               iterations: int | None = None, out_root: str | Path = OUT_ROOT, val_images: int | None = None
+               ) -> tuple[torch.nn.Module, dict]:
+    """The trained model of one ``(variant, seed)`` run of the ablation (reused from its run folder, else trained).
 
     Returns:
-        ``(model, summary, config)``: the trained model (on ``device``), :func:`hparse.engine.train`'s summary, and
-        the run's config (model flags, schedule, data).
+        ``(model in eval mode, metrics)``.
     """
-    device = get_device(device)
-    recipe = method_recipe("attention_rcnn", profile, attention=attention)
-    train_cfg = dict(recipe["train"])
-    if iterations is not None:
-        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], warmup_steps(iterations)))
-    if not with_eval:
-        train_cfg["eval_every"] = 0
-    train_set, val_set = synth_splits(profile, seed, val_images=val_images)
-    seed_everything(seed)
-    model = build_model("attention_rcnn", num_classes=train_set.labels.num_classes, **recipe["model"])
-    config = {"variant": variant_key(attention), "model": {"name": "attention_rcnn", **recipe["model"]},
-              "train": train_cfg, "dataset": "synth", "train_images": len(train_set), "val_images": len(val_set),
-              "image_size": profile.image_size, "max_people": profile.max_people, "train_crowding": TRAIN_CROWDING,
-              "seed": seed}
-    summary = train(model, train_set, eval_dataset=val_set if with_eval else None,
-                    out_dir=Path(out_root) / profile.name / variant_key(attention), seed=seed, device=device,
-                    progress=False, config=config, **train_cfg)
-    model.eval()
-    return model, summary, config
+    key = variant_key(attention)
+    metrics, model = train_seed("attention_rcnn", profile, {"attention": attention}, seed,
+                                run_folder(out_root, profile, key, seed), iterations=iterations, device=device,
+                                val_images=val_images, variant=key, keep_model=True)
+    return model, metrics
 
 
 def _notes(what: str, profile: Profile, device: torch.device) -> str:
@@ -116,56 +103,58 @@ def _notes(what: str, profile: Profile, device: torch.device) -> str:
             + ("" if device.type == "cuda" else " (CPU run: no GPU was used)"))
 
 
-def ablation(profile: Profile, device: torch.device | str | None = None, *,
+def _check(variants: Sequence[str | None]) -> list[str | None]:
+    variants = list(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; Table 5 has {list(VARIANTS)}")
+    return variants
+
+
+def ablation(profile: Profile, device: torch.device | str | None = None, *, seeds: Sequence[int] = SEEDS,
              variants: Sequence[str | None] | None = None, iterations: int | None = None,
-             out_root: str | Path = "runs/attention_ablation", seed: int = 0, write: bool = True,
-             val_images: int | None = None) -> dict[str, dict]:
-    """Table 5 (+ "w/o attention") on SynthCrowd: train and evaluate each variant, one results file each.
+             out_root: str | Path = OUT_ROOT, write: bool = True, force: bool = False,
+             val_images: int | None = None, verbose: bool = False) -> dict[str, dict]:
+    """Table 5 (+ "w/o attention") on SynthCrowd: train and evaluate each variant with ``seeds``, one record each.
 
     Args:
         profile: run sizes.
         device: default CUDA when available.
+        seeds: the seeds of every variant (model init, data order, augmentation).
         variants: subset of :data:`VARIANTS` (default: all five).
-        iterations: override the profile's iterations (the results file records the value used).
-        out_root: run folders; an interrupted ablation resumes each variant from its checkpoint.
-        seed: model init, data order and augmentation (the same for every variant).
-        write: write ``results/<profile>/attention_rcnn/ablation_<variant>.json``.
-        val_images: val images to evaluate on (default: the profile's).
+        iterations: override the recipe's iterations (the record holds the value used).
+        out_root: run folders; finished runs are reused, interrupted ones resume.
+        write: write ``results/<profile>/attention_rcnn/ablation_<variant>.json`` (and the first seed's artefacts).
+        force: let a record replace one of another config or of a longer run.
+        val_images: val images to evaluate on (default: the recipe's).
+        verbose: print each run's headline numbers.
 
     Returns:
-        ``{variant key: metrics}`` (metrics of :func:`hparse.engine.evaluate` plus throughput and iterations).
+        ``{variant key: metrics}`` with ``per_seed``, ``mean``, ``std``, ``min``, ``max``, ``seeds``, ``iterations``.
     """
-    device = get_device(device)
-    variants = list(VARIANTS if variants is None else variants)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; Table 5 has {list(VARIANTS)}")
-    results = {}
-    for attention in variants:
-        _, summary, config = train_variant(profile, attention, device, iterations=iterations, out_root=out_root,
-                                           seed=seed, val_images=val_images)
-        history = summary["history"]
-        metrics = {**(summary["metrics"] or {}), "train_images_per_s": summary["images_per_s"],
-                   "iterations": summary["step"], "train_final_loss": history[-1]["loss"] if history else None}
-        if write:
-            write_result(f"attention_rcnn/ablation_{variant_key(attention)}", metrics, profile=profile.name,
-                         config=config, wall_time_s=summary["wall_time_s"], device=device,
-                         notes=_notes(f"Table 5 ablation, attention={attention}", profile, device))
-        results[variant_key(attention)] = metrics
-    return results
+    variants = _check(VARIANTS if variants is None else variants)
+    report = (lambda name, seed, m: print(f"{name} seed {seed}: mIoU {m.get('mIoU', 0):.4f} APp50 "
+                                          f"{m.get('APp50', 0):.4f} APr50 {m.get('APr50', 0):.4f}", flush=True)
+              ) if verbose else None
+    return run_variants("attention_rcnn", [(variant_key(v), {"attention": v}) for v in variants], seeds, profile,
+                        record_prefix=RECORD_PREFIX, out_root=out_root, iterations=iterations, device=device,
+                        val_images=val_images, write=write, force=force, on_run=report,
+                        notes="RoI attention Table 5 ablation")
 
 
 def saved_ablation(prefer: Sequence[str] = ("gpu", "cpu")) -> dict | None:
     """Saved ablation records: the first profile of ``prefer`` holding a results file for *every* variant.
 
-    A table never mixes profiles, so a profile with some variants missing is skipped.
+    A table never mixes profiles, so a profile with some variants missing is skipped. Records of the older one-seed
+    format (no ``per_seed``) are returned as they are; read them with
+    :func:`hparse.experiments.runner.record_spread`.
 
     Returns:
         ``{"profile": name, "records": {variant key: record}}`` (records as written by
         :func:`hparse.engine.write_result`: metrics, config, provenance), or ``None`` when no profile has them all.
     """
     for profile in prefer:
-        records = {variant_key(v): find_results(f"attention_rcnn/ablation_{variant_key(v)}", profiles=(profile,))
+        records = {variant_key(v): find_results(f"{RECORD_PREFIX}{variant_key(v)}", profiles=(profile,))
                    for v in VARIANTS}
         if all(record is not None for record in records.values()):
             return {"profile": profile, "records": records}
@@ -195,10 +184,10 @@ def other_person_fraction(sample: dict) -> torch.Tensor:
     return others.flatten(1).sum(1).float() / area
 
 
-def _crowded_val_sets(profile: Profile, seed: int, crowdings: Sequence[float], val_images: int | None
+def _crowded_val_sets(profile: Profile, crowdings: Sequence[float], val_images: int | None
                       ) -> tuple[list[SynthCrowd], list[float]]:
     """The val split rendered at each crowding, and the mean share of a person's box showing other people in each."""
-    val_sets = [synth_splits(profile, seed, crowding, val_images)[1] for crowding in crowdings]
+    val_sets = [synth_splits(profile, crowding, val_images)[1] for crowding in crowdings]
     noise = []
     for val_set in val_sets:
         fractions = torch.cat([other_person_fraction(val_set[i]) for i in range(len(val_set))])
@@ -206,21 +195,64 @@ def _crowded_val_sets(profile: Profile, seed: int, crowdings: Sequence[float], v
     return val_sets, noise
 
 
-def _sweep_models(profile: Profile, variants: Sequence[str | None], device: torch.device,
-                  models: dict[str, torch.nn.Module] | None, out_root: str | Path, seed: int,
-                  iterations: int | None = None) -> tuple[dict[str, torch.nn.Module], dict[str, dict]]:
-    """The models of a sweep by variant key, in ``variants`` order: given ones as they are, the others from their
-    finished run in ``out_root`` (trained there when missing); and the configs of the loaded ones."""
-    given = dict(models or {})
-    chosen, configs = {}, {}
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the finite values (``None`` when there are none; std 0 for one)."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def _sweep(profile: Profile, device: torch.device | str | None, variants: Sequence[str | None],
+           crowdings: Sequence[float], seeds: Sequence[int], iterations: int | None, out_root: str | Path,
+           val_images: int | None, names: Sequence[str],
+           score: Callable[[torch.nn.Module, SynthCrowd], dict]) -> tuple[dict, dict]:
+    """Score every seed's model of each variant on the val split at each crowding.
+
+    Returns:
+        ``(result, models)``: ``result = {"crowding", "other_person_fraction", "seeds", "variants": {key: {name:
+        [mean per crowding]}}, "std": {key: {name: [std per crowding]}}, "per_seed": {key: {seed: {name: [...]}}}}``
+        and ``models``, the config of each variant's runs (for the record).
+    """
+    device = get_device(device)
+    crowdings = [float(c) for c in crowdings]
+    variants = _check(variants)
+    val_sets, noise = _crowded_val_sets(profile, crowdings, val_images)
+    per_seed: dict[str, dict[str, dict]] = {}
+    models: dict[str, dict] = {}
     for attention in variants:
         key = variant_key(attention)
-        if key in given:
-            chosen[key] = given[key].to(device)
-        else:
-            chosen[key], _, configs[key] = train_variant(profile, attention, device, iterations=iterations,
-                                                         out_root=out_root, seed=seed, with_eval=False)
-    return chosen, configs
+        per_seed[key] = {}
+        trained = []
+        for seed in seeds:
+            model, metrics = seed_model(profile, attention, seed, device, iterations=iterations, out_root=out_root,
+                                        val_images=val_images)
+            trained.append(int(metrics.get("iterations") or 0))
+            rows: dict[str, list] = {name: [] for name in names}
+            for val_set in val_sets:
+                scores = score(model, val_set)
+                for name in names:
+                    rows[name].append(scores.get(name))
+            per_seed[key][str(seed)] = rows
+            del model
+        plan = method_recipe("attention_rcnn", profile, attention=attention)
+        if iterations is not None:
+            plan = with_iterations(plan, iterations)
+        models[key] = {"model": plan["model"], "train": {**plan["train"], "iterations": min(trained)},
+                       "data": plan["data"], "seeds": list(seeds)}
+    means: dict[str, dict[str, list]] = {}
+    stds: dict[str, dict[str, list]] = {}
+    for key, by_seed in per_seed.items():
+        means[key], stds[key] = {}, {}
+        for name in names:
+            pairs = [_mean_std([rows[name][i] for rows in by_seed.values()]) for i in range(len(crowdings))]
+            means[key][name] = [m for m, _ in pairs]
+            stds[key][name] = [s for _, s in pairs]
+    result = {"crowding": crowdings, "other_person_fraction": noise, "seeds": list(seeds), "variants": means,
+              "std": stds, "per_seed": per_seed}
+    return result, models
 
 
 def saved_sweep(name: str, prefer: Sequence[str] = ("gpu", "cpu")) -> dict | None:
@@ -228,7 +260,8 @@ def saved_sweep(name: str, prefer: Sequence[str] = ("gpu", "cpu")) -> dict | Non
 
     Returns:
         ``{"sweep": its metrics, "profile", "device", "iterations": the fewest training iterations of its models,
-        "source": a sentence naming the file and run}``, or ``None``.
+        "seeds": its seeds, "source": a sentence naming the file and run}``, or ``None``. A record of the older
+        one-seed format has no ``std``/``per_seed``; :func:`sweep_spread` reads both.
     """
     for profile in prefer:
         record = find_results(f"attention_rcnn/{name}", profiles=(profile,))
@@ -236,58 +269,59 @@ def saved_sweep(name: str, prefer: Sequence[str] = ("gpu", "cpu")) -> dict | Non
             continue
         trained = {key: cfg["train"]["iterations"] for key, cfg in record["config"].get("models", {}).items()}
         device = record["provenance"]["device"]
+        seeds = record["metrics"].get("seeds") or [record["config"].get("seed")]
         source = (f"results/{profile}/attention_rcnn/{name}.json ({record['config']['val_images']} val images per "
-                  f"crowding, models of {sorted(set(trained.values())) or '?'} iterations, {device})")
-        return {"sweep": record["metrics"], "profile": profile, "device": device,
+                  f"crowding, models of {sorted(set(trained.values())) or '?'} iterations, seeds {seeds}, {device})")
+        return {"sweep": record["metrics"], "profile": profile, "device": device, "seeds": seeds,
                 "iterations": min(trained.values()) if trained else "?", "source": source}
     return None
 
 
-def crowding_sweep(profile: Profile, device: torch.device | str | None = None, *,
+def sweep_spread(sweep: dict, key: str, name: str) -> tuple[list, list]:
+    """Mean and spread over seeds of ``name`` for variant ``key`` at each crowding of a sweep's metrics; a record of
+    the older one-seed format has spread 0."""
+    means = sweep["variants"][key][name]
+    stds = (sweep.get("std") or {}).get(key, {}).get(name) or [0.0 if m is not None else None for m in means]
+    return list(means), list(stds)
+
+
+def crowding_sweep(profile: Profile, device: torch.device | str | None = None, *, seeds: Sequence[int] = SEEDS,
                    variants: Sequence[str | None] = (None, "concat_after_conv4"),
                    crowdings: Sequence[float] = CROWDINGS, iterations: int | None = None,
-                   out_root: str | Path = "runs/attention_ablation", seed: int = 0, write: bool = True,
-                   models: dict[str, torch.nn.Module] | None = None, val_images: int | None = None) -> dict:
-    """AP^p50 and AP^r50 against SynthCrowd's ``crowding``, with and without attention.
+                   out_root: str | Path = OUT_ROOT, write: bool = True, force: bool = False,
+                   val_images: int | None = None) -> dict:
+    """AP^p and AP^r against SynthCrowd's ``crowding``, with and without attention, over seeds.
 
-    Each variant is trained once at the default crowding (0.5) -- or loaded from the ablation's finished run in
-    ``out_root`` -- and evaluated on the val split rendered at every ``crowding``; the val images show the same people
-    at the same sizes, moved closer together as ``crowding`` grows.
+    Every seed's model of each variant is the ablation's run (trained at the default crowding 0.5, reused from its run
+    folder in ``out_root``, trained there if missing) and is evaluated on the val split rendered at every
+    ``crowding``; the val images show the same people at the same sizes, moved closer together as ``crowding`` grows.
 
     Args:
         profile: run sizes.
         device: default CUDA when available.
+        seeds: the seeds whose models are evaluated (the ablation's).
         variants: the variants to compare (default: without attention and the paper's final choice).
         crowdings: SynthCrowd crowding values of the val split.
-        iterations: training iterations when a variant has to be trained.
+        iterations: the runs' training iterations (as given to :func:`ablation`).
         out_root: run folders shared with :func:`ablation`.
-        seed: as in :func:`ablation`.
         write: write ``results/<profile>/attention_rcnn/crowding.json``.
-        models: already trained models by variant key (skips training those).
-        val_images: val images per crowding (default: the profile's).
+        force: let the record replace one of another config or of a longer run.
+        val_images: val images per crowding, and of the reused runs (as given to :func:`ablation`).
 
     Returns:
-        ``{"crowding": [...], "other_person_fraction": [...], "variants": {key: {metric: [value per crowding]}}}``.
+        ``{"crowding": [...], "other_person_fraction": [...], "seeds": [...], "variants": {key: {metric: [mean per
+        crowding]}}, "std": {key: {metric: [std per crowding]}}, "per_seed": {key: {seed: {metric: [...]}}}}``.
     """
     device = get_device(device)
-    crowdings = [float(c) for c in crowdings]
-    val_sets, noise = _crowded_val_sets(profile, seed, crowdings, val_images)
-    models, configs = _sweep_models(profile, variants, device, models, out_root, seed, iterations)
-    table: dict[str, dict[str, list]] = {}
-    for key, model in models.items():
-        rows = {name: [] for name in HEADLINE}
-        for val_set in val_sets:
-            metrics = evaluate(model, val_set, batch_size=profile.batch_size, device=device)
-            for name in HEADLINE:
-                rows[name].append(metrics.get(name))
-        table[key] = rows
-    result = {"crowding": crowdings, "other_person_fraction": noise, "variants": table}
+    batch = profile.batch_size
+    result, models = _sweep(profile, device, variants, crowdings, seeds, iterations, out_root, val_images, HEADLINE,
+                            lambda model, val_set: evaluate(model, val_set, batch_size=batch, device=device))
     if write:
-        write_result("attention_rcnn/crowding", result, profile=profile.name,
-                     config={"variants": [variant_key(v) for v in variants],
-                             "val_images": val_images or profile.val_images,
-                             "train_crowding": TRAIN_CROWDING, "seed": seed, "models": configs},
-                     device=device, notes=_notes("AP vs crowding", profile, device))
+        write_result("attention_rcnn/crowding", result, profile=profile.name, force=force,
+                     config={"variants": [variant_key(v) for v in variants], "seeds": list(seeds),
+                             "val_images": len(synth_splits(profile, val_images=val_images)[1]),
+                             "train_crowding": TRAIN_CROWDING, "models": models},
+                     device=device, notes=_notes(f"AP vs crowding, seeds {list(seeds)}", profile, device))
     return result
 
 
@@ -345,39 +379,29 @@ def roi_noise(model: torch.nn.Module, dataset, batch_size: int = 4, device: torc
             "roi_mIoU": inside["mIoU"], "roi_pixel_acc": inside["pixel_acc"], "num_rois": rois, "other_cells": others}
 
 
-def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, *,
+def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, *, seeds: Sequence[int] = SEEDS,
                     variants: Sequence[str | None] = (None, "concat_after_conv4"),
-                    crowdings: Sequence[float] = CROWDINGS, out_root: str | Path = "runs/attention_ablation",
-                    seed: int = 0, write: bool = True, models: dict[str, torch.nn.Module] | None = None,
+                    crowdings: Sequence[float] = CROWDINGS, iterations: int | None = None,
+                    out_root: str | Path = OUT_ROOT, write: bool = True, force: bool = False,
                     val_images: int | None = None) -> dict:
-    """:func:`roi_noise` of each variant on SynthCrowd val at every ``crowding`` (oracle boxes, no detector).
-
-    Models come from ``models`` or from the ablation's finished runs in ``out_root`` (trained there if missing), as
-    in :func:`crowding_sweep`.
+    """:func:`roi_noise` of every seed's model of each variant on SynthCrowd val at every ``crowding`` (oracle boxes,
+    no detector). Models and arguments as in :func:`crowding_sweep`.
 
     Returns:
-        ``{"crowding": [...], "other_person_fraction": [...], "variants": {key: {metric: [value per crowding]}}}``
-        with the metrics of :data:`ROI_NOISE_KEYS` plus ``num_rois``.
+        :func:`crowding_sweep`'s format with the metrics of :data:`ROI_NOISE_KEYS` plus ``num_rois``.
     """
     device = get_device(device)
-    crowdings = [float(c) for c in crowdings]
-    val_sets, noise = _crowded_val_sets(profile, seed, crowdings, val_images)
-    models, configs = _sweep_models(profile, variants, device, models, out_root, seed)
-    table: dict[str, dict[str, list]] = {}
-    for key, model in models.items():
-        rows: dict[str, list] = {name: [] for name in (*ROI_NOISE_KEYS, "num_rois")}
-        for val_set in val_sets:
-            scores = roi_noise(model, val_set, profile.batch_size, device)
-            for name in rows:
-                rows[name].append(scores[name])
-        table[key] = rows
-    result = {"crowding": crowdings, "other_person_fraction": noise, "variants": table}
+    batch = profile.batch_size
+    result, models = _sweep(profile, device, variants, crowdings, seeds, iterations, out_root, val_images,
+                            (*ROI_NOISE_KEYS, "num_rois"),
+                            lambda model, val_set: roi_noise(model, val_set, batch, device))
     if write:
-        write_result("attention_rcnn/roi_noise", result, profile=profile.name,
-                     config={"variants": [variant_key(v) for v in variants],
-                             "val_images": val_images or profile.val_images, "train_crowding": TRAIN_CROWDING,
-                             "seed": seed, "models": configs},
-                     device=device, notes=_notes("Oracle-box RoI parsing against crowding", profile, device))
+        write_result("attention_rcnn/roi_noise", result, profile=profile.name, force=force,
+                     config={"variants": [variant_key(v) for v in variants], "seeds": list(seeds),
+                             "val_images": len(synth_splits(profile, val_images=val_images)[1]),
+                             "train_crowding": TRAIN_CROWDING, "models": models},
+                     device=device, notes=_notes(f"Oracle-box RoI parsing against crowding, seeds {list(seeds)}",
+                                                 profile, device))
     return result
 
 
@@ -386,12 +410,16 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--variants", nargs="*", default=None,
-                        help=f"subset of {[variant_key(v) for v in VARIANTS]} (default: all)")
-    parser.add_argument("--crowding", action="store_true", help="run the crowding sweep instead of the ablation")
-    parser.add_argument("--roi-noise", action="store_true",
-                        help="run the oracle-box RoI measure against crowding instead of the ablation")
-    parser.add_argument("--out-root", default="runs/attention_ablation")
+                        help=f"subset of {[variant_key(v) for v in VARIANTS]} (default: all; the sweeps: none and "
+                        "concat_after_conv4)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--crowding", action="store_true", help="run the crowding sweep instead of the ablation")
+    what.add_argument("--roi-noise", action="store_true",
+                      help="run the oracle-box RoI measure against crowding instead of the ablation")
+    parser.add_argument("--out-root", default=OUT_ROOT)
+    parser.add_argument("--force", action="store_true", help="replace records of another config or a longer run")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     keys = {variant_key(v): v for v in VARIANTS}
@@ -400,25 +428,19 @@ def _main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown variants {unknown}; choose from {list(keys)}")
     chosen = [keys[v] for v in args.variants] if args.variants else None
-    if args.roi_noise:
-        result = roi_noise_sweep(profile, args.device, variants=chosen or (None, "concat_after_conv4"),
-                                 out_root=args.out_root)
-        print("crowding", result["crowding"])
+    common = dict(seeds=args.seeds, iterations=args.iterations, out_root=args.out_root, force=args.force)
+    if args.roi_noise or args.crowding:
+        run, names = ((roi_noise_sweep, ("other_leakage", "own_recall", "roi_mIoU")) if args.roi_noise
+                      else (crowding_sweep, ("APp50", "APr50")))
+        result = run(profile, args.device, variants=chosen or (None, "concat_after_conv4"), **common)
+        print("crowding", result["crowding"], "seeds", result["seeds"])
         for key, rows in result["variants"].items():
-            print(key, {name: [round(v, 4) if v is not None else None for v in rows[name]]
-                        for name in ("other_leakage", "own_recall", "roi_mIoU")})
+            print(key, {name: [None if m is None else f"{m:.4f} ± {s:.4f}"
+                               for m, s in zip(rows[name], result["std"][key][name])] for name in names})
         return
-    if args.crowding:
-        result = crowding_sweep(profile, args.device, variants=chosen or (None, "concat_after_conv4"),
-                                iterations=args.iterations, out_root=args.out_root)
-        print("crowding", result["crowding"])
-        for key, rows in result["variants"].items():
-            print(key, {name: [round(v, 4) if v is not None else None for v in rows[name]]
-                        for name in ("APp50", "APr50")})
-        return
-    for key, metrics in ablation(profile, args.device, variants=chosen, iterations=args.iterations,
-                                 out_root=args.out_root).items():
-        print(key, {k: round(metrics[k], 4) for k in ("mIoU", "APp50", "APr50", "APrvol") if k in metrics})
+    for key, record in ablation(profile, args.device, variants=chosen, verbose=True, **common).items():
+        print(key, {k: f"{record['mean'][k]:.4f} ± {record['std'][k]:.4f}" for k in ("mIoU", "APp50", "APr50", "APrvol")
+                    if k in record["mean"]})
 
 
 if __name__ == "__main__":

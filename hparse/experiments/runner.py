@@ -37,7 +37,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from ..data import SynthCrowd
 from ..engine.checkpoint import CHECKPOINT_NAME, load_model
@@ -187,6 +186,25 @@ def _thinned_log(source: Path, max_bytes: int = LOG_BYTES) -> str:
     return "".join(line + "\n" for i, line in enumerate(lines) if i in keep or records[i].get("kind") != "train")
 
 
+def _jpeg(image: torch.Tensor, quality: int = 90) -> torch.Tensor:
+    """A float (3, H, W) image in [0, 1] as JPEG bytes in a uint8 tensor."""
+    from PIL import Image
+
+    pixels = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
+    return torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)
+
+
+def _unjpeg(data: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) from the JPEG bytes of :func:`_jpeg`."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
 def _compact(pred: dict, persons: int) -> dict:
     """A prediction-contract dict on the CPU with its ``persons`` highest-scoring persons, maps as uint8."""
     order = torch.argsort(pred["person_scores"].float(), descending=True)[:persons].cpu()
@@ -263,8 +281,7 @@ def save_artefacts(model: torch.nn.Module, dataset, run_dir: str | Path, *, meth
         "run_config": json.loads(json.dumps(run_record.get("config") or {}, default=str)),
         "image_ids": [str(s["meta"]["id"]) for s in samples],
         # the images for display only: JPEG at quality 90 (a tenth of the raw bytes)
-        "images_jpeg": [encode_jpeg((s["image"].cpu().clamp(0, 1) * 255).round().to(torch.uint8), quality=90)
-                        for s in samples],
+        "images_jpeg": [_jpeg(s["image"]) for s in samples],
         "targets": [{"semantic": s["semantic"].to(torch.uint8), "instances": s["instances"].to(torch.uint8),
                      "boxes": s["boxes"].float()} for s in samples],
         "roi_maps": roi_maps,
@@ -291,7 +308,7 @@ def load_predictions(path: str | Path) -> dict:
         "method", "variant", "run_config"}``.
     """
     saved = torch.load(io.BytesIO(gzip.decompress(Path(path).read_bytes())), map_location="cpu", weights_only=True)
-    saved["images"] = [decode_jpeg(data) for data in saved.pop("images_jpeg", [])]
+    saved["images"] = [_unjpeg(data) for data in saved.pop("images_jpeg", [])]
     return saved
 
 
