@@ -431,14 +431,16 @@ def assign_pixels(points: torch.Tensor, joints: torch.Tensor, joint_scores: torc
     lo = torch.where(present[..., None], joints, torch.full_like(joints, big)).amin(1)
     hi = torch.where(present[..., None], joints, torch.full_like(joints, -big)).amax(1)
     sigma = ((hi - lo).clamp_min(0).prod(-1)).sqrt().clamp_min(min_scale)  # (H,)
-    norm = (joint_scores + s_h[:, None]) * sigma[:, None]  # (H, K)
+    # ψ² has the same argmin as ψ: compare squared distances over squared normalisers (no square root per pair)
+    inv = ((joint_scores + s_h[:, None]) * sigma[:, None]).clamp_min(1e-6).pow(-2)  # (H, K)
+    inv = inv.masked_fill(~present, math.inf)  # absent joints: infinitely far
     out = torch.empty(points.shape[0], dtype=torch.int64, device=points.device)
     step = max(1, chunk // (people * joints.shape[1]))
     for start in range(0, points.shape[0], step):
         x = points[start:start + step]
-        d = (x[:, None, None, :] - joints[None]).norm(dim=-1) / norm.clamp_min(1e-6)[None]  # (p, H, K)
-        psi = d.masked_fill(~present[None], math.inf).amin(-1)
-        out[start:start + step] = psi.argmin(-1)
+        d2 = ((x[:, None, None, :] - joints[None]) ** 2).sum(-1)  # (p, H, K)
+        psi2 = torch.where(present[None], d2 * inv[None], torch.full_like(d2, math.inf)).amin(-1)
+        out[start:start + step] = psi2.argmin(-1)
     return out
 
 
