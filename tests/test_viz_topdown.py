@@ -79,14 +79,46 @@ def test_nonlocal_attention_matches_the_block():
 def test_ladder_records_reads_saved_runs(tmp_results):
     from hparse.engine.results import write_result
 
-    write_result("parsing_rcnn/ladder_0_baseline", {"mIoU": 0.25}, profile="cpu")
+    write_result("parsing_rcnn/ladder_0_baseline", {"mIoU": 0.5}, profile="gpu")  # the older name: not read
+    write_result("parsing_rcnn/ladder_baseline", {"mean": {"mIoU": 0.25}}, profile="cpu")
     out = ladder_records(["baseline"], None, run_missing=False)
     assert out["source"] == "results" and out["profile"] == "cpu"
-    assert out["records"]["baseline"]["metrics"]["mIoU"] == 0.25
+    assert out["records"]["baseline"]["metrics"]["mean"]["mIoU"] == 0.25 and out["artefacts"]["baseline"] is None
     # A rung with no saved run and run_missing=False gives nothing rather than mixing sources.
     assert ladder_records(["baseline", "pss"], None, run_missing=False) == {}
     with pytest.raises(ValueError, match="unknown rungs"):
         ladder_records(["nope"], None, run_missing=False)
+
+
+def test_ladder_records_trains_two_seeds_at_smoke_into_a_temporary_folder(tmp_results):
+    from hparse.engine import get_profile
+
+    profile = get_profile("smoke").override(train_images=4, val_images=2)
+    out = ladder_records(["baseline", "pss"], profile, iterations=1)
+    assert out["source"] == "run" and out["profile"] == "smoke"
+    assert out["records"]["pss"]["metrics"]["seeds"] == [0, 1]
+    assert out["artefacts"]["pss"]["predictions"].exists() and out["log_dirs"]["pss"].name == "seed0"
+    assert not tmp_results.exists()  # nothing of a smoke run lands in results/
+    text = ladder_table(out, {"baseline": "base", "pss": "+ PSS"}, keys=("mIoU",))
+    assert "--profile smoke --seeds 0 1" in text and "Smoke-test numbers" in text
+
+
+def test_seed_stats_and_verdicts():
+    from hparse.viz.topdown import change_verdicts, seed_stats
+
+    new = {"per_seed": {"0": {"mIoU": 0.1, "APr60": 0.2}, "1": {"mIoU": 0.3, "APr60": 0.4}},
+           "mean": {"mIoU": 0.2}, "std": {"mIoU": 0.05}, "seeds": [0, 1]}
+    stats = seed_stats(new, ("mIoU", "APr60", "PCP50"))
+    assert stats["mean"]["mIoU"] == 0.2 and stats["std"]["mIoU"] == 0.05  # the record's own summary
+    assert stats["mean"]["APr60"] == pytest.approx(0.3) and stats["std"]["APr60"] == pytest.approx(0.02 ** 0.5)
+    assert stats["mean"]["PCP50"] is None and stats["seeds"] == [0, 1]
+    old = seed_stats({"mIoU": 0.4, "iterations": 600}, ("mIoU",), seed=0)  # a one-seed record of the older format
+    assert old == {"mean": {"mIoU": 0.4}, "std": {"mIoU": 0.0}, "seeds": [0]}
+    far = {"mean": {"mIoU": 0.5}, "std": {"mIoU": 0.01}, "seeds": [0, 1]}
+    assert change_verdicts(stats, far, ("mIoU",))["mIoU"] == {"change": pytest.approx(0.3), "exceeds": True}
+    near = {"mean": {"mIoU": 0.24}, "std": {"mIoU": 0.01}, "seeds": [0, 1]}
+    assert change_verdicts(stats, near, ("mIoU",))["mIoU"]["exceeds"] is False
+    assert change_verdicts(old, far, ("mIoU",))["mIoU"]["exceeds"] is None  # one seed: no spread to compare with
 
 
 def test_markdown_tables_render_tables_as_html():
@@ -111,18 +143,59 @@ def test_every_table_of_ours_but_a_gpu_run_carries_the_caveat():
     assert "trained while this page was built" in short_run_caveat("smoke", 4, "cpu", made_here=True)
 
 
-def _record(profile, iterations, **metrics):
-    return {"profile": profile, "metrics": {"train_images_per_s": 1.5, **metrics},
+def _record(profile, iterations, seeds=(0, 1, 2), **metrics):
+    per_seed = {str(seed): {"train_images_per_s": 1.5, **{k: None if v is None else v[i] for k, v in metrics.items()}}
+                for i, seed in enumerate(seeds)}
+    mean = {k: None if v is None else sum(v) / len(v) for k, v in metrics.items()}
+    std = {k: None if v is None else (sum((x - mean[k]) ** 2 for x in v) / (len(v) - 1)) ** 0.5
+           for k, v in metrics.items()}
+    return {"profile": profile, "metrics": {"per_seed": per_seed, "mean": {**mean, "train_images_per_s": 1.5},
+                                            "std": {**std, "train_images_per_s": 0.0}, "seeds": list(seeds)},
             "config": {"train": {"iterations": iterations}}, "provenance": {"device": "cpu (test)"}}
 
 
-def test_ladder_table_states_the_run_and_rows_in_label_order():
+def test_ladder_table_puts_ours_and_the_paper_in_one_table_with_verdicts():
     ladder = {"source": "results", "profile": "cpu", "records": {
-        "pss": _record("cpu", 300, mIoU=0.2, APp50=None), "baseline": _record("cpu", 300, mIoU=0.1, APp50=0.0004)}}
-    text = ladder_table(ladder, {"baseline": "base", "pss": "+ PSS"}, keys=("mIoU", "APp50"))
+        "pss": _record("cpu", 300, mIoU=(0.30, 0.31, 0.32), APp50=None),
+        "baseline": _record("cpu", 300, mIoU=(0.10, 0.11, 0.12), APp50=(0.0004, 0.0004, 0.0004)),
+        "err": _record("cpu", 300, mIoU=(0.30, 0.33, 0.31), APp50=(0.1, 0.2, 0.3))}}
+    paper = {"baseline": ("Table 6", {"mIoU": 47.2, "APp50": 41.4})}
+    text = ladder_table(ladder, {"baseline": "base", "pss": "+ PSS", "err": "+ ERR"}, keys=("mIoU", "APp50"),
+                        paper=paper)
     lines = text.splitlines()
-    assert "profile `cpu`, 300 iterations per rung, cpu (test) (read from results/)" in lines[0]
-    assert lines[4] == "| base | 10.00 | 0.04 | 1.50 |" and lines[5] == "| + PSS | 20.00 | – | 1.50 |"
+    assert "profile `cpu`, 300 iterations per rung, seeds [0, 1, 2], cpu (test) (read from results/)" in lines[0]
+    assert "mean ± standard deviation over seeds, in %" in lines[0]
+    assert lines[4] == "| base | ours | 11.00 ± 1.00 | 0.04 ± 0.00 | – |"
+    assert lines[5] == "| | paper (Table 6) | 47.2 | 41.4 | |"
+    assert lines[6] == "| + PSS | ours | 31.00 ± 1.00 | – | yes for mIoU +20.00 |"
+    assert lines[7] == "| + ERR | ours | 31.33 ± 1.53 | 20.00 ± 10.00 | no: within the spread for all |"
+    assert "Reproduce ours: `python -m hparse.experiments.parsing_rcnn_ladder --profile cpu`" in text
     assert "Short-run numbers" in text
-    gpu = {"source": "results", "profile": "gpu", "records": {"baseline": _record("gpu", 12000, mIoU=0.6)}}
+    gpu = {"source": "results", "profile": "gpu", "records": {"baseline": _record("gpu", 12000, mIoU=(0.6, 0.6, 0.6))}}
     assert "Short-run" not in ladder_table(gpu, {"baseline": "base"}, keys=("mIoU",))
+
+
+def test_ablation_table_compares_with_the_model_without_attention():
+    from hparse.viz.topdown import ablation_table
+
+    old = {"profile": "cpu", "metrics": {"APr50": 0.2, "iterations": 600}, "provenance": {"device": "cpu (test)"},
+           "config": {"train": {"iterations": 600}, "seed": 0}}  # a one-seed record of the older format
+    saved = {"profile": "cpu", "records": {"none": old, "concat": {**old, "metrics": {"APr50": 0.3}}}}
+    text = ablation_table(saved, {"none": "w/o attention", "concat": "concat"}, keys=("APr50",),
+                          paper={"concat": ("Table 5, val", {"APr50": 40.7})})
+    assert "| concat | ours | 30.00 | one seed: no spread to compare with |" in text
+    assert "| | paper (Table 5, val) | 40.7 | |" in text and "seeds [0]" in text
+    assert "`python -m hparse.experiments.attention_ablation --profile cpu --seeds 0`" in text
+    seeded = {"profile": "cpu", "records": {"none": _record("cpu", 600, APr50=(0.1, 0.1, 0.1)),
+                                            "concat": _record("cpu", 600, APr50=(0.3, 0.4, 0.5))}}
+    text = ablation_table(seeded, {"none": "w/o attention", "concat": "concat"}, keys=("APr50",))
+    assert "| concat | ours | 40.00 ± 10.00 | yes for APr50 +30.00 |" in text
+
+
+def test_read_saved_log(tmp_path):
+    from hparse.viz.topdown import read_saved_log
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"kind": "train", "step": 1, "loss": 2.0}\n{"kind": "eval", "step": 1, "mIoU": 0.1}\n')
+    assert read_saved_log(path) == [{"kind": "train", "step": 1, "loss": 2.0}]
+    assert read_saved_log(path, "eval")[0]["mIoU"] == 0.1 and read_saved_log(None) == []

@@ -1,4 +1,4 @@
-"""Parsing R-CNN speed (training throughput, inference latency vs people) and the component ladder of Table 6.
+"""Parsing R-CNN speed: training throughput and inference latency against the number of people.
 
 Top-down parsing costs one parsing-branch pass and one paste per detected person, so its inference time grows with
 the crowd (bottom-up methods do not). To measure that growth without depending on what a model has learned, the
@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,12 +27,12 @@ from ..data import SynthCrowd
 from ..data.collate import collate_detection, targets_to
 from ..engine.profiles import Profile, get_device, get_profile, seed_everything
 from ..engine.results import write_result
-from ..engine.trainer import build_optimizer, train
+from ..engine.trainer import build_optimizer
 from ..models import build_model
-from ..recipes import demo_recipe, warmup_steps
+from ..recipes import demo_recipe
 from ..recipes import recipe as method_recipe
 
-__all__ = ["run", "ladder", "LADDER", "PEOPLE"]
+__all__ = ["run", "PEOPLE"]
 
 PEOPLE = (1, 2, 4, 8, 16)
 
@@ -154,88 +153,12 @@ def _demo_step_s(profile: Profile, device: torch.device, repeats: int) -> float:
     return _timed(step, repeats, device)
 
 
-# Table 6 of the paper: each rung adds one component to the one before. ERR (Sec. 3.2) is two changes, 32x32 RoIs
-# *and* a parsing batch decoupled from the detection sample, so the rungs before it train the parsing branch on
-# every positive RoI of the box branch's sample (``parsing_batch=None``), as Mask R-CNN-style branches do; from
-# ``err`` on, the recipe's fixed ``parsing_batch`` (32 at the gpu profile, as Sec. 4.1) applies.
-LADDER: tuple[tuple[str, dict], ...] = (
-    ("baseline", dict(pss=False, roi_size=14, gce=False, ipbc=False, parsing_batch=None)),
-    ("pss", dict(pss=True, roi_size=14, gce=False, ipbc=False, parsing_batch=None)),
-    ("err", dict(pss=True, roi_size=32, gce=False, ipbc=False)),
-    ("gce", dict(pss=True, roi_size=32, gce=True, ipbc=False)),
-    ("ipbc", dict(pss=True, roi_size=32, gce=True, ipbc=True)),
-)
-
-
-def ladder(profile: Profile, device: torch.device | str | None = None, *, iterations: int | None = None,
-           rungs: tuple[str, ...] | None = None, out_root: str | Path = "runs/ladder", seed: int = 0) -> dict:
-    """Train and evaluate each rung of the Table 6 ladder on SynthCrowd with the profile's recipe.
-
-    Every rung uses the same data, seed, schedule and detector; only the Parsing R-CNN flags differ. Each rung's
-    metrics go to ``results/<profile>/parsing_rcnn/ladder_<k>_<rung>.json`` (with provenance).
-
-    Args:
-        profile: run sizes (image size, iterations, batch, widths of the recipe).
-        device: default CUDA when available.
-        iterations: override the profile's iterations (the results file records the value used).
-        rungs: subset of rung names (default: all five).
-        out_root: run folders (checkpoints, logs) go to ``out_root/<profile>/<rung>``; an interrupted ladder
-            resumes each rung from its checkpoint.
-        seed: seeds the model init, data order and augmentation.
-
-    Returns:
-        ``{rung: metrics}``.
-    """
-    device = get_device(device)
-    known = [name for name, _ in LADDER]
-    rungs = rungs or tuple(known)
-    unknown = set(rungs) - set(known)
-    if unknown:
-        raise ValueError(f"unknown ladder rungs {sorted(unknown)}; choose from {known}")
-    recipe = method_recipe("parsing_rcnn", profile)
-    train_cfg = dict(recipe["train"])
-    if iterations is not None:
-        train_cfg.update(iterations=iterations, warmup=min(train_cfg["warmup"], warmup_steps(iterations)))
-    train_set = SynthCrowd("train", num_images=profile.train_images, image_size=profile.image_size, min_people=1,
-                           max_people=profile.max_people, seed=seed)
-    val_set = SynthCrowd("val", num_images=profile.val_images, image_size=profile.image_size, min_people=1,
-                         max_people=profile.max_people, seed=seed)
-    results = {}
-    for k, (name, flags) in enumerate(LADDER):
-        if name not in rungs:
-            continue
-        model_cfg = {**recipe["model"], **flags}
-        seed_everything(seed)
-        model = build_model("parsing_rcnn", num_classes=train_set.labels.num_classes, **model_cfg)
-        config = {"rung": name, "flags": flags, "model": {"name": "parsing_rcnn", **model_cfg}, "train": train_cfg,
-                  "dataset": "synth", "train_images": len(train_set), "val_images": len(val_set), "seed": seed}
-        notes = (f"Table 6 ladder rung {k} ({name}) on SynthCrowd, profile {profile.name}, device {device.type}"
-                 + ("" if device.type == "cuda" else " (CPU run: no GPU was used)"))
-        summary = train(model, train_set, eval_dataset=val_set, out_dir=Path(out_root) / profile.name / name,
-                        seed=seed, device=device, progress=False, config=config, **train_cfg)
-        metrics = {**(summary["metrics"] or {}), "train_images_per_s": summary["images_per_s"],
-                   "iterations": summary["step"]}
-        write_result(f"parsing_rcnn/ladder_{k}_{name}", metrics, profile=profile.name, config=config,
-                     wall_time_s=summary["wall_time_s"], device=device, notes=notes)
-        results[name] = metrics
-    return results
-
-
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ladder", action="store_true", help="train the Table 6 ladder (else: the speed benchmark)")
     parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
     parser.add_argument("--device", default=None)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--rungs", nargs="*", default=None, help=f"subset of {[n for n, _ in LADDER]}")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
-    if args.ladder:
-        for rung, metrics in ladder(profile, args.device, iterations=args.iterations,
-                                    rungs=tuple(args.rungs) if args.rungs else None).items():
-            print(rung, {k: round(metrics[k], 4) for k in ("mIoU", "APp50", "APpvol", "PCP50") if k in metrics})
-    else:
-        print(run(profile, get_device(args.device)))
+    print(run(get_profile(args.profile), get_device(args.device)))
 
 
 if __name__ == "__main__":

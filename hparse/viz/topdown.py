@@ -11,15 +11,21 @@ and that belong beside the package rather than in a notebook live here:
 - :func:`nonlocal_attention`: the attention weights a :class:`~hparse.models.heads.gce.NonLocal2d` block computes
   (its forward call fuses them into ``scaled_dot_product_attention`` and never materialises them);
 - :class:`MarkdownTables`: Markdown output whose pipe tables render as tables on the static page too;
-- :func:`ladder_records`: the Table 6 ladder's results: read from ``results/`` when a real run exists, else trained
-  right now at the current profile's size; :func:`ladder_table` puts them in a table;
-- :func:`percent` and :func:`short_run_caveat`: how the chapters print our metrics, and the warning every table of
-  ours carries unless it comes from a gpu-profile run.
+- :func:`ladder_records`: the Table 6 ladder's records (:mod:`hparse.experiments.parsing_rcnn_ladder`): read from
+  ``results/`` when a real run exists, else trained right now at the current profile's size; :func:`ladder_table`
+  and :func:`ablation_table` put records of several seeds in one table with the paper's numbers: mean ± spread,
+  whether each row's difference exceeds the spread (:func:`hparse.experiments.runner.exceeds_spread`), and the
+  command that reproduces them; :func:`seed_stats` and :func:`change_verdicts` are the numbers behind them;
+- :func:`percent` and :func:`short_run_caveat`: how the chapters print our metrics, and the note every table of
+  ours carries unless it comes from a gpu-profile run;
+- :func:`read_saved_log`: a training log kept beside a record (:func:`hparse.experiments.runner.save_artefacts`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +38,8 @@ from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
 __all__ = ["fpn_levels", "level_histogram", "bilinear_label_crops", "module_cost", "nonlocal_attention",
-           "ladder_records", "ladder_table", "percent", "short_run_caveat", "MarkdownTables"]
+           "ladder_records", "ladder_table", "ablation_table", "seed_stats", "change_verdicts", "percent",
+           "short_run_caveat", "read_saved_log", "MarkdownTables"]
 
 
 def fpn_levels(boxes: torch.Tensor, canonical_scale: int, k_min: int = 2, k_max: int = 5,
@@ -141,53 +148,65 @@ def _results_root(path: Path):
 
 
 def ladder_records(rungs: Sequence[str], profile, *, run_missing: bool = True, iterations: int | None = None,
-                   prefer: tuple[str, ...] = ("gpu", "cpu"), device: str | torch.device | None = None) -> dict:
-    """Result records of Table 6 ladder rungs: from ``results/`` when a real run exists, else trained now.
+                   seeds: Sequence[int] | None = None, prefer: tuple[str, ...] = ("gpu", "cpu"),
+                   device: str | torch.device | None = None) -> dict:
+    """Records of Table 6 ladder rungs: from ``results/`` when a real run exists, else trained now.
 
-    A real run (``python -m hparse.benchmarks.parsing_rcnn --ladder --profile gpu``) writes
-    ``results/<profile>/parsing_rcnn/ladder_<k>_<rung>.json``; the first of ``prefer`` holding **every** requested
-    rung is used, so a table never mixes profiles. Without one, :func:`hparse.benchmarks.parsing_rcnn.ladder` trains
-    the rungs at ``profile``'s size. A ``smoke`` run writes its records to a temporary folder (they measure nothing
-    worth keeping); a ``cpu`` or ``gpu`` run writes to ``results/`` like the command line does.
+    A real run (``python -m hparse.experiments.parsing_rcnn_ladder --profile cpu``) writes
+    ``results/<profile>/parsing_rcnn/ladder_<rung>.json`` (each seed's metrics, mean and spread) and the first seed's
+    artefacts beside them; the first of ``prefer`` holding **every** requested rung is used, so a table never mixes
+    profiles (records of the older ``ladder_<k>_<rung>`` names are not read). Without one,
+    :func:`hparse.experiments.parsing_rcnn_ladder.ladder` trains the rungs at ``profile``'s size. A ``smoke`` run
+    writes its records and artefacts to a temporary folder (they measure nothing worth keeping); a ``cpu`` or ``gpu``
+    run writes to ``results/`` like the command line does.
 
     Args:
-        rungs: rung names of :data:`hparse.benchmarks.parsing_rcnn.LADDER` (``"baseline"``, ``"pss"``, ...).
+        rungs: rung names of :data:`hparse.experiments.parsing_rcnn_ladder.LADDER` (``"baseline"``, ``"pss"``, ...).
         profile: the :class:`hparse.engine.Profile` to train at when no saved run exists.
         run_missing: train when no saved run exists (else return ``{}``).
-        iterations: override the profile's iterations of a run made here.
+        iterations: override the recipe's iterations of a run made here.
+        seeds: seeds of a run made here (default: two at ``smoke``, :data:`~hparse.experiments.runner.SEEDS` else).
         prefer: profiles whose saved runs are used, in order.
         device: device of a run made here.
 
     Returns:
-        ``{"records": {rung: record}, "source": "results" | "run", "profile": name, "log_dirs": {rung: path}}`` where
-        each record is the JSON written by :func:`hparse.engine.write_result` (metrics, config, provenance) and
-        ``log_dirs`` holds the training logs of a run made here (``train_log.jsonl``, read with
-        :func:`hparse.engine.trainer.read_log`).
+        ``{"records": {rung: record}, "source": "results" | "run", "profile": name, "log_dirs": {rung: path},
+        "artefacts": {rung: saved_artefacts(...) or None}}`` where each record is the JSON written by
+        :func:`hparse.engine.write_result` (metrics, config, provenance), ``log_dirs`` the first seed's run folders
+        of a run made here, and ``artefacts`` the first seed's saved log and predictions
+        (:func:`hparse.experiments.runner.saved_artefacts`).
     """
-    from ..benchmarks.parsing_rcnn import LADDER, ladder
     from ..engine.results import find_results, load_result
+    from ..experiments.parsing_rcnn_ladder import LADDER, RECORD_PREFIX, ladder
+    from ..experiments.runner import SEEDS, run_folder, saved_artefacts
 
-    index = {name: k for k, (name, _) in enumerate(LADDER)}
-    unknown = [r for r in rungs if r not in index]
+    known = [name for name, _ in LADDER]
+    unknown = [r for r in rungs if r not in known]
     if unknown:
-        raise ValueError(f"ladder_records: unknown rungs {unknown}; choose from {list(index)}")
-    names = {r: f"parsing_rcnn/ladder_{index[r]}_{r}" for r in rungs}
+        raise ValueError(f"ladder_records: unknown rungs {unknown}; choose from {known}")
+    names = {r: f"{RECORD_PREFIX}{r}" for r in rungs}
     for saved in prefer:
         records = {r: find_results(n, profiles=(saved,)) for r, n in names.items()}
         if all(rec is not None for rec in records.values()):
-            return {"records": records, "source": "results", "profile": saved, "log_dirs": {}}
+            return {"records": records, "source": "results", "profile": saved, "log_dirs": {},
+                    "artefacts": {r: saved_artefacts("parsing_rcnn", r, (saved,)) for r in rungs}}
     if not run_missing:
         return {}
+    seeds = tuple(seeds or ((0, 1) if profile.name == "smoke" else SEEDS))
     out_root = Path(tempfile.mkdtemp(prefix="hparse_ladder_"))
-    if profile.name == "smoke":
-        with _results_root(out_root / "results"):
-            ladder(profile, device, iterations=iterations, rungs=tuple(rungs), out_root=out_root / "runs")
-            records = {r: load_result(n, profile.name) for r, n in names.items()}
-    else:
-        ladder(profile, device, iterations=iterations, rungs=tuple(rungs), out_root=out_root / "runs")
+    root = out_root / "results" if profile.name == "smoke" else None
+    with _results_root(root) if root is not None else _nothing():
+        ladder(profile, device, seeds=seeds, iterations=iterations, rungs=tuple(rungs), out_root=out_root / "runs")
         records = {r: load_result(n, profile.name) for r, n in names.items()}
-    log_dirs = {r: out_root / "runs" / profile.name / r for r in rungs}
-    return {"records": records, "source": "run", "profile": profile.name, "log_dirs": log_dirs}
+        artefacts = {r: saved_artefacts("parsing_rcnn", r, (profile.name,), root=root) for r in rungs}
+    log_dirs = {r: run_folder(out_root / "runs", profile, r, seeds[0]) for r in rungs}
+    return {"records": records, "source": "run", "profile": profile.name, "log_dirs": log_dirs,
+            "artefacts": artefacts}
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def percent(value: float | None) -> str:
@@ -199,7 +218,7 @@ def percent(value: float | None) -> str:
 
 
 def short_run_caveat(profile: str, iterations: int, device: str, made_here: bool = False) -> str | None:
-    """The warning that goes under a table of our numbers unless they come from a gpu-profile run.
+    """The note that goes under a table of our numbers unless they come from a gpu-profile run.
 
     Args:
         profile: the profile of the run (``record["profile"]``).
@@ -213,37 +232,195 @@ def short_run_caveat(profile: str, iterations: int, device: str, made_here: bool
     if profile == "gpu":
         return None
     where = "trained while this page was built" if made_here else "a saved run from `results/`"
-    return (f"**Short-run numbers** (`{profile}` profile, {iterations} iterations from random weights, {device}; "
-            f"{where}). Models this far from trained have barely begun to learn, so the table shows that every "
-            "variant trains and evaluates end to end; it does not measure what each component is worth, and one "
-            "seed of a run this short cannot tell which row is better. The comparison with the paper needs the "
-            "gpu-profile run.")
+    if profile == "smoke":
+        return (f"**Smoke-test numbers** (`{profile}` profile, {iterations} iterations, {device}; {where}): a few "
+                "steps on tiny images, enough to show that every row trains and evaluates end to end, not to measure "
+                "what any component is worth. The book's own numbers come from the cpu or gpu runs in `results/`.")
+    return (f"**Short-run numbers** (`{profile}` profile, {iterations} iterations, {device}; {where}). The `{profile}` "
+            "recipe trains on small SynthCrowd images with narrowed heads, so its values are not comparable with the "
+            "paper's CIHP numbers; what can be compared is the direction of each change, and a change counts only "
+            "where it exceeds the spread over seeds. The paper-sized comparison needs the gpu-profile run.")
 
 
-def ladder_table(ladder: dict, labels: dict[str, str], keys: Sequence[str] = ("mIoU", "APp50", "APpvol", "PCP50")
-                 ) -> str:
-    """Our ladder rungs as a Markdown table (percentages, training throughput), with where they come from.
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def seed_stats(metrics: dict, keys: Sequence[str], seed: int | None = None) -> dict:
+    """Mean, sample standard deviation and seeds of ``keys`` in a record's ``metrics``.
+
+    ``metrics`` as :func:`hparse.experiments.runner.run_variants` writes them (``per_seed``, ``mean``, ``std``); a key
+    the runner does not summarise is computed from ``per_seed``. A record of the older one-seed format (plain metrics)
+    is read as one seed, ``seed`` (spread 0, and ``seeds`` of length 1: no spread to compare with).
+
+    Returns:
+        ``{"mean": {key: value or None}, "std": {key: value or None}, "seeds": [...]}``.
+    """
+    from ..experiments.runner import record_spread
+
+    metrics = record_spread(metrics, seed)
+    per_seed = list((metrics.get("per_seed") or {}).values())
+    out = {"mean": {}, "std": {}, "seeds": list(metrics.get("seeds") or [])}
+    for key in keys:
+        if key in metrics.get("mean", {}) and key in metrics.get("std", {}):
+            out["mean"][key], out["std"][key] = metrics["mean"][key], metrics["std"][key]
+            continue
+        values = [m[key] for m in per_seed if _number(m.get(key))]
+        if not values:
+            out["mean"][key] = out["std"][key] = None
+            continue
+        mean = sum(values) / len(values)
+        out["mean"][key] = mean
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        out["std"][key] = math.sqrt(var)
+    return out
+
+
+def change_verdicts(before: dict, after: dict, keys: Sequence[str]) -> dict[str, dict]:
+    """For each key, the change from ``before`` to ``after`` (:func:`seed_stats` dicts) and whether it exceeds the
+    spread over seeds (:func:`hparse.experiments.runner.exceeds_spread`).
+
+    Returns:
+        ``{key: {"change": after - before (fraction) or None, "exceeds": True | False | None}}``; ``exceeds`` is
+        ``None`` when either side has fewer than two seeds (no spread to compare with) or a value is missing.
+    """
+    from ..experiments.runner import exceeds_spread
+
+    out = {}
+    for key in keys:
+        a, b = before["mean"].get(key), after["mean"].get(key)
+        if a is None or b is None:
+            out[key] = {"change": None, "exceeds": None}
+            continue
+        enough = len(before["seeds"]) > 1 and len(after["seeds"]) > 1
+        out[key] = {"change": b - a, "exceeds": exceeds_spread(before, after, key) if enough else None}
+    return out
+
+
+def _points(change: float) -> str:
+    return f"{round(100 * change, 2) + 0.0:+.2f}"  # a change of a fraction, in points (+ 0.0: no "-0.00")
+
+
+def _verdict(verdicts: dict[str, dict]) -> str:
+    """One table cell: which metrics' change exceeds the spread over seeds."""
+    known = {k: v for k, v in verdicts.items() if v["change"] is not None}
+    if not known:
+        return "–"
+    if any(v["exceeds"] is None for v in known.values()):
+        return "one seed: no spread to compare with"
+    real = [f"{k} {_points(v['change'])}" for k, v in known.items() if v["exceeds"]]
+    within = [k for k, v in known.items() if not v["exceeds"]]
+    if not real:
+        return "no: within the spread for all"
+    return "yes for " + ", ".join(real) + ("; within the spread for " + ", ".join(within) if within else "")
+
+
+def _cell(stats: dict, key: str) -> str:
+    mean, std = stats["mean"].get(key), stats["std"].get(key)
+    if mean is None:
+        return "–"
+    return percent(mean) + ("" if len(stats["seeds"]) < 2 else f" ± {percent(std)}")
+
+
+def _seed_table(records: dict[str, dict], labels: dict[str, str], keys: Sequence[str], compare, verdict_header: str,
+                paper: dict | None, paper_label: str) -> tuple[list[str], dict[str, dict]]:
+    """Rows of ours (mean ± std, the verdict against ``compare(row)``) with the paper's row under each."""
+    stats = {row: seed_stats(records[row]["metrics"], (*keys, "train_images_per_s"),
+                             (records[row].get("config") or {}).get("seed")) for row in labels}
+    lines = ["| | | " + " | ".join(keys) + f" | {verdict_header} |", "|---" * (len(keys) + 3) + "|"]
+    for row, label in labels.items():
+        other = compare(row)
+        verdict = "–" if other is None else _verdict(change_verdicts(stats[other], stats[row], keys))
+        lines.append(f"| {label} | ours | " + " | ".join(_cell(stats[row], k) for k in keys) + f" | {verdict} |")
+        if paper and row in paper:
+            source, values = paper[row]
+            lines.append(f"| | {paper_label} ({source}) | "
+                         + " | ".join("–" if values.get(k) is None else f"{values[k]:.1f}" for k in keys) + " | |")
+    return lines, stats
+
+
+def _reproduce(module: str, profile: str, seeds: Sequence[int]) -> str:
+    from ..experiments.runner import SEEDS
+
+    extra = "" if list(seeds) == list(SEEDS) or not seeds or None in seeds else " --seeds " + " ".join(map(str, seeds))
+    return f"Reproduce ours: `python -m {module} --profile {profile}{extra}`"
+
+
+def ladder_table(ladder: dict, labels: dict[str, str], keys: Sequence[str] = ("mIoU", "APp50", "APpvol", "PCP50"),
+                 paper: dict[str, tuple[str, dict[str, float]]] | None = None) -> str:
+    """Our ladder rungs beside the paper's in one Markdown table: mean ± spread over seeds, and whether each rung's
+    change from the rung before exceeds the spread.
 
     Args:
         ladder: what :func:`ladder_records` returns.
-        labels: display name of each rung, in table order.
-        keys: metrics to show.
+        labels: display name of each rung, in table order (each compared with the one before it).
+        keys: metrics to show (percent, two decimals).
+        paper: ``{rung: (source, {key: value in %})}``, shown in a row under ours.
 
     Returns:
-        Markdown: a line naming the run (profile, iterations, device), the table, and :func:`short_run_caveat`.
+        Markdown: a line naming the run (profile, iterations, seeds, device), the table, the command that reproduces
+        ours, and :func:`short_run_caveat`.
     """
     records = ladder["records"]
-    first = next(iter(records.values()))
+    first = records[next(iter(labels))]
     iterations, device = first["config"]["train"]["iterations"], first["provenance"]["device"]
-    rows = ["| ours | " + " | ".join(keys) + " | train images/s |", "|---" * (len(keys) + 2) + "|"]
-    for rung, label in labels.items():
-        metrics = records[rung]["metrics"]
-        rows.append(f"| {label} | " + " | ".join(percent(metrics.get(k)) for k in keys)
-                    + f" | {metrics['train_images_per_s']:.2f} |")
+    order = list(labels)
+    lines, stats = _seed_table(records, labels, keys, lambda r: order[order.index(r) - 1] if order.index(r) else None,
+                               "change from the rung above exceeds the spread over seeds?", paper, "paper")
+    seeds = stats[order[0]]["seeds"]
+    speed = ", ".join(f"{labels[r]} {stats[r]['mean']['train_images_per_s']:.1f}" for r in order
+                      if stats[r]["mean"].get("train_images_per_s") is not None)
     caveat = short_run_caveat(first["profile"], iterations, device, made_here=ladder["source"] == "run")
-    return (f"Ours: SynthCrowd val, profile `{first['profile']}`, {iterations} iterations per rung, {device} "
-            f"({'trained while this page was built' if ladder['source'] == 'run' else 'read from results/'}).\n\n"
-            + "\n".join(rows) + (f"\n\n{caveat}" if caveat else ""))
+    made = "trained while this page was built" if ladder["source"] == "run" else "read from results/"
+    return (f"Ours: SynthCrowd val, profile `{first['profile']}`, {iterations} iterations per rung, seeds {seeds}, "
+            f"{device} ({made}); mean ± standard deviation over seeds, in %."
+            + (f" Training images/s: {speed}." if speed else "") + "\n\n" + "\n".join(lines)
+            + "\n\n" + _reproduce("hparse.experiments.parsing_rcnn_ladder", first["profile"], seeds)
+            + (f"\n\n{caveat}" if caveat else ""))
+
+
+def ablation_table(saved: dict, labels: dict[str, str],
+                   keys: Sequence[str] = ("APrvol", "APr50", "APr60", "APr70", "APp50", "APpvol", "mIoU"),
+                   reference: str = "none", paper: dict[str, tuple[str, dict[str, float]]] | None = None,
+                   made_here: bool = False) -> str:
+    """Table 5 of the RoI attention paper: our variants beside the paper's in one Markdown table, mean ± spread over
+    seeds, and whether each variant's difference from ``reference`` ("w/o attention") exceeds the spread.
+
+    Args:
+        saved: ``{"profile", "records": {variant key: record}}`` (:func:`hparse.experiments.attention_ablation.
+            saved_ablation`, or the records of a run made on the page).
+        labels: display name of each variant key, in table order.
+        keys: metrics (percent, two decimals).
+        reference: the variant every other row is compared with.
+        paper: ``{variant key: (source, {key: value in %})}``, shown in a row under ours.
+        made_here: the records come from a run made while the page was built.
+
+    Returns:
+        Markdown: the run, the table, the command that reproduces ours, and :func:`short_run_caveat`.
+    """
+    records = saved["records"]
+    first = records[next(iter(labels))]
+    iterations = first["config"]["train"]["iterations"]
+    device = first["provenance"]["device"]
+    lines, stats = _seed_table(records, labels, keys, lambda r: None if r == reference else reference,
+                               f"difference from {labels.get(reference, reference)} exceeds the spread over seeds?",
+                               paper, "paper")
+    seeds = stats[next(iter(labels))]["seeds"]
+    caveat = short_run_caveat(saved["profile"], iterations, device, made_here=made_here)
+    made = "trained while this page was built" if made_here else "read from results/"
+    return (f"Ours: SynthCrowd val, profile `{saved['profile']}`, {iterations} iterations per variant, seeds {seeds}, "
+            f"{device} ({made}); mean ± standard deviation over seeds, in %.\n\n" + "\n".join(lines)
+            + "\n\n" + _reproduce("hparse.experiments.attention_ablation", saved["profile"], seeds)
+            + (f"\n\n{caveat}" if caveat else ""))
+
+
+def read_saved_log(path: str | Path | None, kind: str = "train") -> list[dict]:
+    """Records of one kind (``"train"`` steps or ``"eval"`` results) of a training log kept beside a record
+    (``results/<profile>/<method>/logs/<variant>.jsonl``); ``[]`` without one."""
+    if path is None or not Path(path).exists():
+        return []
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == kind]
 
 
 class MarkdownTables:
