@@ -294,3 +294,17 @@ def test_recipes_build_for_every_dataset(dataset):
     assert model.kset.num_keypoints == {"synth": 17, "densepose": 17, "mhp": 16, "ppp": 14}[dataset]
     with pytest.raises(ValueError, match="keypoints"):
         recipe("mg_parser", get_profile("smoke"), "cihp")
+
+
+def test_cli_trains_and_evaluates_mg_parser(tmp_path, tmp_results, capsys):
+    from hparse.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mg_parser", "--profile", "smoke", "--iterations", "2", "--workers", "0",
+                 "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").exists()
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--num", "2", "--profile", "smoke"]) == 0
+    assert "APp50" in capsys.readouterr().out
+    assert main(["train", "--model", "mg_parser", "--profile", "smoke", "--gce", "off", "--out",
+                 str(tmp_path / "x")]) == 2  # a user error: top-down flags do not apply
+    assert "do not apply to mg_parser" in capsys.readouterr().err
