@@ -38,16 +38,17 @@ import torch
 from IPython.display import display
 from torchvision.ops import roi_align
 
-from hparse.benchmarks.parsing_rcnn import LADDER
 from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.data.collate import collate_detection
 from hparse.engine import get_profile, seed_everything
+from hparse.experiments.parsing_rcnn_ladder import LADDER
 from hparse.models import build_model
 from hparse.models.inference import paste_part_probs
 from hparse.recipes import recipe as method_recipe
 from hparse.models.targets import parsing_targets
 from hparse.viz import draw_boxes, to_numpy_image
 from hparse.viz.topdown import MarkdownTables, fpn_levels, ladder_records, ladder_table, level_histogram, module_cost
+from hparse.viz.topdown import saved_prediction_grid
 
 profile = get_profile()
 seed_everything(0)
@@ -300,18 +301,38 @@ display(MarkdownTables("| RoI side | GFLOPs per RoI (baseline head, 512-d) | × 
 # ## Ours beside the paper
 #
 # The first three rungs of the ladder — baseline, +PSS, +ERR (32×32 RoIs with the decoupled batch) — trained on
-# SynthCrowd with identical data, seed and schedule, read from a saved run when one exists.
+# SynthCrowd with identical data and schedule and several seeds each (`hparse.experiments.parsing_rcnn_ladder`), read
+# from a saved run when one exists. Each row gives the mean ± standard deviation over seeds, the paper's row of Table 6
+# under it, and whether the change from the rung above exceeds the spread over seeds: the gap between the two means is
+# larger than the sum of their standard deviations (`hparse.experiments.runner.exceeds_spread`).
 
-# %%
+# %% tags=["hide-input"]
 start = time.perf_counter()
 ours = ladder_records(["baseline", "pss", "err"], profile, iterations={"smoke": 2}.get(profile.name))
 print(f"ladder records from {ours['source']} (profile {ours['profile']}), {time.perf_counter() - start:.1f} s")
 LABEL = {"baseline": "baseline (14×14, FPN levels)", "pss": "PSS (14×14, P2)",
          "err": "PSS + ERR (32×32, P2, decoupled batch)"}
-display(MarkdownTables(ladder_table(ours, LABEL)))
+PAPER = {"baseline": ("Table 6", {"mIoU": 47.2, "APp50": 41.4, "APpvol": 45.4, "PCP50": 44.3}),
+         "pss": ("Table 6", {"mIoU": 48.2, "APp50": 42.9, "APpvol": 46.0, "PCP50": 45.5}),
+         "err": ("Table 6", {"mIoU": 50.7, "APp50": 47.9, "APpvol": 47.6, "PCP50": 49.7})}
+display(MarkdownTables(ladder_table(ours, LABEL, paper=PAPER)))
 
 # %% [markdown]
-# The paper's numbers (CIHP val, ResNet-50-FPN, in %):
+# What each rung's first seed predicts on the same val image, from the predictions kept beside the records (under
+# `smoke` without a saved ladder, from the runs made above: a few steps, so the panels show only that each rung runs):
+
+# %%
+fig = saved_prediction_grid({rung: (ours["artefacts"][rung] or {}).get("predictions") for rung in LABEL}, LABELS,
+                            cols=4, size=2.3)
+if fig is None:
+    print("no saved predictions of these rungs")
+else:
+    made = "saved run" if ours["source"] == "results" else "run made on this page"
+    fig.suptitle(f"{ours['profile']} ladder, first seed ({made})", fontsize=8)
+    fig.tight_layout()
+
+# %% [markdown]
+# The paper's component tables behind those rows (CIHP val, ResNet-50-FPN, in %):
 #
 # | paper, Table 1 | mAP^bbox | mIoU | APp50 | APpvol | PCP50 |
 # |---|---|---|---|---|---|

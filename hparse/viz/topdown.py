@@ -18,7 +18,8 @@ and that belong beside the package rather than in a notebook live here:
   command that reproduces them; :func:`seed_stats` and :func:`change_verdicts` are the numbers behind them;
 - :func:`percent` and :func:`short_run_caveat`: how the chapters print our metrics, and the note every table of
   ours carries unless it comes from a gpu-profile run;
-- :func:`read_saved_log`: a training log kept beside a record (:func:`hparse.experiments.runner.save_artefacts`).
+- :func:`read_saved_log` and :func:`saved_prediction_grid`: a training log and predictions kept beside a record
+  (:func:`hparse.experiments.runner.save_artefacts`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torchvision.ops.poolers import LevelMapper
 
 __all__ = ["fpn_levels", "level_histogram", "bilinear_label_crops", "module_cost", "nonlocal_attention",
            "ladder_records", "ladder_table", "ablation_table", "seed_stats", "change_verdicts", "percent",
-           "short_run_caveat", "read_saved_log", "MarkdownTables"]
+           "short_run_caveat", "read_saved_log", "saved_prediction_grid", "MarkdownTables"]
 
 
 def fpn_levels(boxes: torch.Tensor, canonical_scale: int, k_min: int = 2, k_max: int = 5,
@@ -421,6 +422,47 @@ def read_saved_log(path: str | Path | None, kind: str = "train") -> list[dict]:
         return []
     records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return [r for r in records if r.get("kind") == kind]
+
+
+def saved_prediction_grid(paths: dict[str, str | Path | None], labels, index: int = 0, cols: int = 3,
+                          size: float = 2.4):
+    """One val image's ground truth and each run's kept prediction of it, in part colours, ``cols`` panels a row.
+
+    Args:
+        paths: ``{title: predictions file of :func:`hparse.experiments.runner.save_artefacts` or None}``, in order.
+        labels: the :class:`~hparse.data.LabelSet` to colour parts with.
+        index: which of the kept val images.
+        cols: panels per row (rows are added as needed, so the figure never becomes a wide strip).
+        size: inches per panel.
+
+    Returns:
+        The matplotlib figure, or ``None`` when no path holds predictions.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..experiments.runner import load_predictions
+    from .overlay import overlay_person_parts
+
+    kept = {title: load_predictions(path) for title, path in paths.items() if path is not None and Path(path).exists()}
+    if not kept:
+        return None
+    first = next(iter(kept.values()))
+    image = first["images"][index].float() / 255
+    target = first["targets"][index]
+    ids = torch.arange(1, len(target["boxes"]) + 1)[:, None, None]
+    panels = [(f"ground truth: {len(ids)} people", target["semantic"].long()[None] * (target["instances"].long()[None]
+                                                                                       == ids))]
+    panels += [(f"{title}: {saved['predictions'][index]['num_predicted']} predicted",
+                saved["predictions"][index]["person_parts"].long()) for title, saved in kept.items()]
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.2) * rows), squeeze=False)
+    for ax, (title, parts) in zip(axes.ravel(), panels):
+        ax.imshow(overlay_person_parts(image, parts, labels))
+        ax.set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 class MarkdownTables:
