@@ -599,7 +599,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """Train a small Parsing R-CNN on SynthCrowd, evaluate it, write its metrics and an overlay PNG."""
+    """Train a small Parsing R-CNN on SynthCrowd, evaluate it, write its metrics, learning curves and an overlay."""
     _passive_cpu_threads()
     import matplotlib
 
@@ -607,15 +607,17 @@ def _cmd_demo(args) -> int:
     import matplotlib.pyplot as plt
     import torch
 
+    from .engine.trainer import read_log
     from .recipes import demo_recipe
-    from .viz import overlay_person_parts, overlay_semantic, save_figure
+    from .viz import save_figure
+    from .viz.training import learning_curves, prediction_panels
 
     profile = _profile(args)
     args.dataset, args.root, args.model, args.batch_size, args.lr, args.workers = "synth", None, "parsing_rcnn", \
         None, None, None
     recipe = demo_recipe(profile)  # the demo's sizes live there, in one place
     data_profile = profile.override(**recipe["data"])
-    out_dir = args.out or Path("runs") / f"demo_{profile.name}"
+    out_dir = Path(args.out or Path("runs") / f"demo_{profile.name}")
     model, summary, _, val_set = _train_run(args, data_profile, iterations=args.iterations, out_dir=out_dir,
                                             record=args.record, recipe=recipe)
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
@@ -623,25 +625,18 @@ def _cmd_demo(args) -> int:
     _print_metrics(summary["metrics"] or {})
     _print_records(summary)
 
-    count = min(4, len(val_set))
-    samples = [val_set[i] for i in range(count)]
+    what = f"Parsing R-CNN on SynthCrowd val ({profile.name} profile, {summary['step']} steps)"
+    fig = learning_curves(read_log(out_dir, "train"), read_log(out_dir, "eval"), title=what)
+    print(f"wrote {save_figure(fig, out_dir / 'learning_curves.png')}")
+    plt.close(fig)
+    samples = [val_set[i] for i in range(min(4, len(val_set)))]
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
         predictions = model([s["image"].to(device) for s in samples])
-    fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.4), squeeze=False)
-    for k, (sample, pred) in enumerate(zip(samples, predictions)):
-        keep = pred["person_scores"] >= model.semantic_score_thresh
-        axes[0, k].imshow(overlay_semantic(sample["image"], sample["semantic"], val_set.labels))
-        axes[0, k].set_title(f"ground truth ({len(sample['boxes'])})", fontsize=8)
-        axes[1, k].imshow(overlay_person_parts(sample["image"], pred["person_parts"][keep].cpu(), val_set.labels))
-        axes[1, k].set_title(f"predicted ({int(keep.sum())} >= {model.semantic_score_thresh})", fontsize=8)
-    for ax in axes.ravel():
-        ax.axis("off")
-    fig.suptitle(f"Parsing R-CNN on SynthCrowd val ({profile.name} profile, {summary['step']} steps)", fontsize=9)
-    path = save_figure(fig, Path(out_dir) / "overlay.png")
+    fig = prediction_panels(samples, predictions, val_set.labels, model.semantic_score_thresh, title=what)
+    print(f"wrote {save_figure(fig, out_dir / 'overlay.png')}")
     plt.close(fig)
-    print(f"wrote {path}")
     return 0
 
 

@@ -100,13 +100,15 @@ def test_parse_attention_names():
 # ------------------------------------------------------------------------------------------------ pooling
 
 
-def test_max_fused_roi_align_is_the_max_over_levels():
+@pytest.mark.parametrize("aligned", [True, False])
+def test_max_fused_roi_align_is_the_max_over_levels(aligned):
     g = torch.Generator().manual_seed(0)
     strides = (4, 8, 16, 32)
     features = {str(i): torch.randn(2, 3, 64 // s, 64 // s, generator=g) for i, s in enumerate(strides)}
     boxes = [torch.tensor([[4.0, 6.0, 40.0, 60.0], [0.0, 0.0, 64.0, 64.0]]), torch.tensor([[10.5, 3.0, 30.0, 21.0]])]
-    pooled = MaxFusedRoIAlign(("0", "1", "2", "3"), 7)(features, boxes, [(64, 64), (60, 50)])
-    per_level = torch.stack([roi_align(features[str(i)], boxes, 7, 1 / s, 2) for i, s in enumerate(strides)])
+    pooled = MaxFusedRoIAlign(("0", "1", "2", "3"), 7, aligned=aligned)(features, boxes, [(64, 64), (60, 50)])
+    per_level = torch.stack([roi_align(features[str(i)], boxes, 7, 1 / s, 2, aligned)
+                             for i, s in enumerate(strides)])
     assert pooled.shape == (3, 3, 7, 7)
     assert torch.equal(pooled, per_level.amax(0))
     # Every level wins somewhere: the fusion really draws on all of them.

@@ -119,3 +119,23 @@ def test_benchmark_smoke_writes_its_result(tmp_results):
     assert record is not None and record["metrics"]["box_14x14"]["speedup_total"] > 0
     for workload in metrics.values():
         assert workload["max_abs_output_difference"] < 1e-9 and workload["max_relative_gradient_difference"] < 1e-9
+
+
+def test_aligned_pooling_samples_the_label_crops_cells():
+    """The models pool with aligned=True: a RoI's cells are sampled where hparse.models.targets takes its label
+    crops, so a one-hot label map pooled by RoIAlign and arg-maxed gives back the target exactly; torchvision's default
+    (aligned=False) is half a cell off and does not."""
+    import torch.nn.functional as F
+
+    from hparse.models.targets import parsing_targets
+
+    g = torch.Generator().manual_seed(0)
+    semantic = torch.randint(0, 5, (1, 24, 24), generator=g)
+    instances = torch.ones(1, 24, 24, dtype=torch.int64)
+    boxes = [torch.tensor([[2.0, 3.0, 18.0, 19.0], [6.0, 5.0, 22.0, 21.0]])]  # one cell per pixel: no ties
+    target = parsing_targets([semantic[0]], [instances[0]], boxes, [torch.tensor([1, 1])], 16)
+    one_hot = F.one_hot(semantic, 5).permute(0, 3, 1, 2).double()
+    for aligned, exact in ((True, True), (False, False)):
+        pooler = MultiScaleRoIAlign(["0"], output_size=16, sampling_ratio=1, aligned=aligned)
+        labels = pooler({"0": one_hot}, [b.double() for b in boxes], [(24, 24)]).argmax(1)
+        assert torch.equal(labels, target) is exact

@@ -165,7 +165,8 @@ class AttentionRCNN(TopDownParser):
             representation = detector.get("box_representation_size", 1024)
             levels = self.roi_heads.box_roi_pool.featmap_names
             self.roi_heads.box_roi_pool = MultiScaleRoIAlign(levels, output_size=box_roi_size, sampling_ratio=2,
-                                                             canonical_scale=self.canonical_scale)
+                                                             canonical_scale=self.canonical_scale,
+                                                             aligned=self.roi_aligned)
             self.roi_heads.box_head = FastRCNNConvFCHead((channels, box_roi_size, box_roi_size),
                                                          [box_conv_channels] * num_convs, [representation])
             self.roi_heads.box_predictor = FastRCNNPredictor(representation, 2)
@@ -173,9 +174,9 @@ class AttentionRCNN(TopDownParser):
         # 2, 3. Attention and parsing branches, each with its own RoIAlign.
         def pool(size: int):
             if roi_fusion == "max":
-                return MaxFusedRoIAlign(FPN_LEVELS, size, sampling_ratio=2)
+                return MaxFusedRoIAlign(FPN_LEVELS, size, sampling_ratio=2, aligned=self.roi_aligned)
             return MultiScaleRoIAlign(list(FPN_LEVELS), output_size=size, sampling_ratio=2,
-                                      canonical_scale=self.canonical_scale)
+                                      canonical_scale=self.canonical_scale, aligned=self.roi_aligned)
 
         self.attention_pool = self.attention_head = None
         if fusion is not None:

@@ -159,6 +159,11 @@ class TopDownParser(nn.Module, ABC):
         canonical_scale: FPN level assignment ``k = floor(4 + log2(sqrt(wh) / canonical_scale))`` (FPN Eq. 1: 224
             for ~800-pixel images); scale it with the image size so small images keep the same level statistics.
         branch_batch_per_image: RoIs per image handed to the branch in training (``None`` = all positives).
+        roi_aligned: every RoI pooler samples feature cells at their centres (``aligned=True``, Detectron2's
+            ROIAlignV2), the convention of the label crops (:mod:`hparse.models.targets`) and of the paste
+            (:func:`hparse.models.inference.paste_part_probs`). ``False`` is torchvision's default, half a feature
+            cell off: with perfect stride-4 features of SynthCrowd's 192-pixel people it caps the part mIoU of the
+            RoIs at 0.40 against 0.64 aligned (small people make the half cell large).
     """
 
     def __init__(
@@ -191,6 +196,7 @@ class TopDownParser(nn.Module, ABC):
         box_representation_size: int = 1024,
         canonical_scale: int = 224,
         branch_batch_per_image: int | None = None,
+        roi_aligned: bool = True,
     ):
         super().__init__()
         if num_classes < 2:
@@ -210,8 +216,9 @@ class TopDownParser(nn.Module, ABC):
             rpn_nms_thresh,
         )
         self.canonical_scale = canonical_scale
+        self.roi_aligned = roi_aligned
         box_pool = MultiScaleRoIAlign(list(box_featmaps), output_size=7, sampling_ratio=2,
-                                      canonical_scale=canonical_scale)
+                                      canonical_scale=canonical_scale, aligned=roi_aligned)
         self.roi_heads = BoxRoIHeads(
             box_pool, TwoMLPHead(channels * 7 * 7, box_representation_size),
             FastRCNNPredictor(box_representation_size, 2),

@@ -118,7 +118,7 @@ class ParsingRCNN(TopDownParser):
         # without PSS it assigns each RoI to a level by its scale, exactly like the box branch.
         parsing_levels = ["0"] if pss else list(FPN_LEVELS)
         self.parsing_roi_pool = MultiScaleRoIAlign(parsing_levels, output_size=roi_size, sampling_ratio=2,
-                                                   canonical_scale=self.canonical_scale)
+                                                   canonical_scale=self.canonical_scale, aligned=self.roi_aligned)
         self.parsing_head = ParsingHead(body.out_channels, gce=gce, ipbc=ipbc, gce_channels=gce_channels,
                                         conv_channels=head_channels, norm=head_norm)
         self.parsing_predictor = ParsingPredictor(self.parsing_head.out_channels, num_classes)

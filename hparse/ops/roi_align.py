@@ -149,8 +149,17 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tu
 class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment, Eq. 1 of Lin et al. 2017) over :func:`roi_align`.
 
-    Same constructor, same level mapping and scales (torchvision's ``_setup_scales``); only the pooling op differs.
+    Same constructor, same level mapping and scales (torchvision's ``_setup_scales``); only the pooling op differs,
+    and ``aligned`` is an argument: torchvision's class always pools with ``aligned=False``, which samples half a
+    feature cell away from where the cell's centre lies in the image (a "misalignment" Detectron2's ROIAlignV2
+    removed). hparse's models pool with ``aligned=True`` (see :class:`hparse.models.detector.TopDownParser`).
     """
+
+    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *, canonical_scale: int = 224,
+                 canonical_level: int = 4, aligned: bool = False):
+        super().__init__(featmap_names, output_size, sampling_ratio, canonical_scale=canonical_scale,
+                         canonical_level=canonical_level)
+        self.aligned = aligned
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = [x[name] for name in self.featmap_names]
@@ -158,12 +167,12 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
                                                      self.canonical_level)
         rois = _as_rois(boxes, features[0])
         if len(features) == 1:
-            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+            return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
         levels = self.map_levels(boxes)
         first = features[0]
         result = first.new_zeros(rois.shape[0], first.shape[1], *self.output_size)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
-            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, self.aligned)
             result = result.index_put((index,), pooled.to(result.dtype))  # out of place: keeps every level's graph
         return result

@@ -138,8 +138,10 @@ class MaxFusedRoIAlign(nn.Module):
         -> (sum R_i, C, S, S).
     """
 
-    def __init__(self, featmap_names: tuple[str, ...] | list[str], output_size: int, sampling_ratio: int = 2):
+    def __init__(self, featmap_names: tuple[str, ...] | list[str], output_size: int, sampling_ratio: int = 2,
+                 aligned: bool = True):
         super().__init__()
+        self.aligned = aligned
         self.featmap_names = list(featmap_names)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
@@ -156,7 +158,7 @@ class MaxFusedRoIAlign(nn.Module):
             # A level of stride s has about height / s rows; the scale is that ratio rounded to a power of two.
             scale = 2.0 ** round(math.log2(level.shape[-2] / height))
             pooled = roi_align(level, boxes, self.output_size, spatial_scale=scale,
-                               sampling_ratio=self.sampling_ratio, aligned=False)
+                               sampling_ratio=self.sampling_ratio, aligned=self.aligned)
             fused = pooled if fused is None else torch.maximum(fused, pooled)
         return fused
 
