@@ -39,6 +39,7 @@
 # the way.
 
 # %%
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ from IPython.display import Markdown, display
 from torchvision.ops import roi_align
 
 import hparse
-from hparse.data import SynthCrowd
+from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.engine import get_profile, seed_everything
 from hparse.engine.results import device_name
 from hparse.experiments.attention_ablation import (
@@ -62,24 +63,28 @@ from hparse.experiments.attention_ablation import (
     roi_noise_sweep,
     saved_ablation,
     saved_sweep,
+    seed_model,
+    sweep_spread,
     synth_splits,
-    train_variant,
     variant_key,
 )
+from hparse.experiments.runner import exceeds_spread, load_predictions, saved_artefacts
 from hparse.models.heads.attention import AttentionFusion, AttentionParsingHead, attention_targets, parse_attention
 from hparse.viz.overlay import draw_boxes, overlay_instances, to_numpy_image
-from hparse.viz.topdown import percent, short_run_caveat
+from hparse.viz.topdown import MarkdownTables, ablation_table, percent, saved_prediction_grid, short_run_caveat
 from hparse.viz.widgets import slider_explorer
 
 profile = get_profile()
 seed_everything(0)
 torch.set_num_threads(min(torch.get_num_threads(), 4))
 RUNS = Path(hparse.__file__).resolve().parents[1] / "runs" / "attention_ablation"
-# Sizes of the runs made on this page: the smoke profile (CI) evaluates on fewer images and fewer crowding values.
+# Sizes of the runs made on this page (only for what results/ does not hold): the smoke profile (CI) evaluates on
+# fewer images and fewer crowding values, with two seeds.
 RUN_VAL = {"smoke": 4}.get(profile.name, profile.val_images)
 RUN_CROWDINGS = (0.0, 0.5, 1.0) if profile.name == "smoke" else CROWDINGS
+RUN_SEEDS = (0, 1) if profile.name == "smoke" else (0, 1, 2)
 print(f"profile: {profile.name}; runs made on this page: images {profile.image_size}px, {profile.iterations} "
-      f"training steps, backbone {profile.backbone}, {RUN_VAL} val images")
+      f"training steps, backbone {profile.backbone}, {RUN_VAL} val images, seeds {RUN_SEEDS}")
 
 # %% [markdown]
 # ## How much of a box is somebody else?
@@ -165,75 +170,105 @@ print("dot_after_conv4_sum is x * (1 + a):", torch.allclose(dot, x * (1 + a)))
 # %% [markdown]
 # ## Training: the Table 5 ablation on SynthCrowd
 #
-# Every variant is trained with the same data, seed, schedule and detector; only the `attention` flag differs
-# (`hparse.experiments.attention_ablation.ablation`). The full runs are made from the command line,
+# Every variant is trained with the same data, schedule and detector, and with several seeds; only the `attention`
+# flag differs (`hparse.experiments.attention_ablation.ablation`, on the variants × seeds runner
+# `hparse.experiments.runner.run_variants`). The full runs are made from the command line,
 #
 # ```
-# python -m hparse.experiments.attention_ablation --profile gpu             # Table 5, one results file per variant
-# python -m hparse.experiments.attention_ablation --profile gpu --crowding  # AP against crowding
+# python -m hparse.experiments.attention_ablation --profile cpu               # Table 5, seeds 0 1 2, a record per variant
+# python -m hparse.experiments.attention_ablation --profile cpu --crowding    # AP against crowding, every seed's model
+# python -m hparse.experiments.attention_ablation --profile cpu --roi-noise   # the oracle-box RoI measure
 # ```
 #
-# and write `results/<profile>/attention_rcnn/*.json`. This page reads those files when a gpu or cpu run has been
-# made. Otherwise it trains every variant here, at the size of the current profile. Under the `smoke` profile that
+# and write `results/<profile>/attention_rcnn/*.json` (each seed's metrics, their mean and spread), with the first
+# seed's training log and predictions beside them. This page reads those files when a gpu or cpu run has been
+# made; a record of the older one-seed format is shown as one seed, without a spread. Otherwise it trains every variant here, at the size of the current profile. Under the `smoke` profile that
 # is a few steps on tiny images: enough to check that the pipeline runs end to end, but too little to measure
 # anything.
 
-# %%
+# %% tags=["hide-input"]
 start = time.perf_counter()
 saved = saved_ablation(("gpu", "cpu"))
-# Run folders: the command line's (runs/attention_ablation) at the cpu/gpu profiles; a throwaway one under smoke.
+# Run folders: the command line's (runs/attention_ablation) at the cpu/gpu profiles; a throwaway one under smoke,
+# whose records and artefacts go to a temporary results folder too.
 run_root = Path(tempfile.mkdtemp(prefix="hparse_attention_")) if profile.name == "smoke" else RUNS
-if saved is not None:
-    ours = {key: record["metrics"] for key, record in saved["records"].items()}
-    first = next(iter(saved["records"].values()))
-    ours_profile = saved["profile"]
-    ours_iterations, ours_device = first["config"]["train"]["iterations"], first["provenance"]["device"]
-    source = (f"results/{ours_profile}/attention_rcnn (a saved run: {ours_iterations} iterations per variant, "
-              f"{first['config']['val_images']} val images, {ours_device})")
-else:
-    ours = ablation(profile, out_root=run_root, write=profile.name != "smoke", val_images=RUN_VAL)
-    ours_profile, ours_iterations, ours_device = profile.name, profile.iterations, device_name()
-    source = f"trained on this page ({profile.name} profile, {profile.iterations} steps, {RUN_VAL} val images)"
+run_results = run_root / "results" if profile.name == "smoke" else None
+made_here = saved is None
+if made_here:
+    old_results = os.environ.get("HPARSE_RESULTS")
+    if run_results is not None:
+        os.environ["HPARSE_RESULTS"] = str(run_results)
+    try:
+        ablation(profile, seeds=RUN_SEEDS, out_root=run_root, val_images=RUN_VAL)
+        saved = saved_ablation((profile.name,))
+    finally:
+        if run_results is not None:
+            os.environ.pop("HPARSE_RESULTS") if old_results is None else os.environ.update(HPARSE_RESULTS=old_results)
+ours_profile = saved["profile"]
+first = saved["records"]["none"]
+ours_iterations, ours_device = first["config"]["train"]["iterations"], first["provenance"]["device"]
+source = (f"trained on this page ({profile.name} profile, {ours_iterations} steps, {RUN_VAL} val images)" if made_here
+          else f"results/{ours_profile}/attention_rcnn (a saved run: {ours_iterations} iterations per variant, "
+          f"{first['config']['val_images']} val images, {ours_device})")
+# The first seed's kept predictions of each variant (None where the run kept none, e.g. records of an older format).
+artefacts = {variant_key(v): saved_artefacts("attention_rcnn", variant_key(v), (ours_profile,),
+                                            root=run_results if made_here else None) for v in VARIANTS}
 print(f"ablation: {source}; {time.perf_counter() - start:.1f} s")
 
 # %% [markdown]
 # ## What the attention branch sees
 #
-# Below is a crowded SynthCrowd image with its ground-truth boxes. For each box the explorer shows the RoI crop of
+# Below is a crowded SynthCrowd val image with its ground-truth boxes. For each box the explorer shows the RoI crop of
 # the image, the attention target (the box's own person, 28×28, where other people count as background), the
-# pixels of other people in the box, and the attention map predicted by the `concat_after_conv4` model. The model is
-# the run's checkpoint when one is on disk; otherwise it is trained here at the profile's size, and under `smoke` its
-# maps are close to uniform (magma colour map: black 0, white 1). In a live kernel the slider steps through the boxes;
-# the static figure above it shows every box for the rendered book.
+# pixels of other people in the box, and the attention map predicted by the `concat_after_conv4` model for that box
+# (magma colour map: black 0, white 1). The maps come from the predictions kept beside the ablation's records (the
+# first seed's model on four val images, the most crowded of which is shown). Without a saved run they come from a
+# model trained on this page at the current profile's size, and under `smoke` that model's maps are close to uniform;
+# the line under the figure says which. In a live kernel the slider steps through the boxes; the static figure shows
+# the first boxes for the rendered book.
 
-# %%
-crowd = SynthCrowd("val", num_images=12, image_size=profile.image_size, min_people=3,
-                   max_people=max(profile.max_people, 4), crowding=1.0, seed=0)
-index = max(range(len(crowd)), key=lambda i: float(other_person_fraction(crowd[i]).max()))
-sample = crowd[index]
+# %% tags=["hide-input"]
+start = time.perf_counter()
+kept = artefacts["concat_after_conv4"]
+if kept is not None and kept["predictions"] is not None and load_predictions(kept["predictions"])["roi_maps"]:
+    saved_maps = load_predictions(kept["predictions"])
+    crowded = [float(other_person_fraction({"instances": t["instances"].long(), "boxes": t["boxes"]}).max())
+               for t in saved_maps["targets"]]
+    index = max(range(len(crowded)), key=crowded.__getitem__)
+    target = saved_maps["targets"][index]
+    sample = {"image": saved_maps["images"][index].float() / 255, "instances": target["instances"].long(),
+              "boxes": saved_maps["roi_maps"][index]["boxes"]}
+    attention = saved_maps["roi_maps"][index]["attention"].float()
+    maps_source = (f"the first seed's `concat_after_conv4` model after {saved_maps['iterations']} steps, kept in "
+                   f"results/{ours_profile}/attention_rcnn/predictions/ (val image {saved_maps['image_ids'][index]})"
+                   if not made_here else f"the `concat_after_conv4` model trained on this page "
+                   f"({saved_maps['iterations']} steps, {profile.name} profile; no saved run exists)")
+else:  # no saved predictions: the model of a run made here, at this profile's size, on a crowding-1.0 image
+    crowd = SynthCrowd("val", num_images=12, image_size=profile.image_size, min_people=3,
+                       max_people=max(profile.max_people, 4), crowding=1.0, seed=0)
+    index = max(range(len(crowd)), key=lambda i: float(other_person_fraction(crowd[i]).max()))
+    sample = crowd[index]
+    model, metrics = seed_model(profile, "concat_after_conv4", 0, out_root=run_root, val_images=RUN_VAL,
+                                iterations=ours_iterations if ours_profile == profile.name else None)
+    attention = model.roi_maps([sample["image"]], [sample["boxes"]])[0]["attention"]
+    maps_source = (f"a `concat_after_conv4` model trained on this page ({metrics['iterations']} steps, "
+                   f"{profile.name} profile): the saved run kept no predictions")
 boxes = sample["boxes"]
 ids = torch.arange(1, len(boxes) + 1)
 targets28 = attention_targets([sample["instances"]], [boxes], [ids], 28)  # (N, 28, 28)
 others28 = attention_targets([sample["instances"]], [boxes], [torch.zeros_like(ids)], 28)  # background of all
 others28 = 1 - others28 - targets28  # pixels of other people: neither background nor the box's person
 crops = roi_align(sample["image"][None], [boxes], output_size=56, sampling_ratio=2, aligned=True)
+share = other_person_fraction(sample)
+print(f"attention maps from {maps_source} ({time.perf_counter() - start:.1f} s)")
 
-start = time.perf_counter()
-# A finished run in run_root is loaded (the trainer resumes it at its last step); otherwise it is trained now --
-# with the saved run's iterations when it is of this profile, so that its checkpoint is the one loaded.
-same_run = saved is not None and ours_profile == profile.name
-model, summary, _ = train_variant(profile, "concat_after_conv4", out_root=run_root, with_eval=False,
-                                  iterations=ours_iterations if same_run else None)
-maps = model.roi_maps([sample["image"]], [boxes])[0]
-print(f"model: concat_after_conv4 after {summary['step']} steps ({time.perf_counter() - start:.1f} s)")
-
+# %%
 fig, ax = plt.subplots(figsize=(4.2, 4.2))
 ax.imshow(overlay_instances(sample["image"], sample["instances"]))
 draw_boxes(ax, boxes, labels=[f"RoI {i}" for i in range(len(boxes))])
-ax.set_title(f"SynthCrowd val, crowding 1.0: {len(boxes)} people", fontsize=9)
+ax.set_title(f"SynthCrowd val: {len(boxes)} people", fontsize=9)
 ax.axis("off")
 fig.tight_layout()
-share = other_person_fraction(sample)
 
 
 def render_roi(i, ax):
@@ -241,7 +276,7 @@ def render_roi(i, ax):
     up = lambda m: np.kron(np.asarray(m, dtype=np.float32), np.ones((2, 2)))  # 28 -> 56 for display
     tint = lambda m, rgb: up(m)[..., None] * np.asarray(rgb, dtype=np.float32)  # a mask in one colour
     gap = np.ones((56, 3, 3), dtype=np.float32)  # white separator
-    predicted = plt.get_cmap("magma")(up(maps["attention"][i].cpu().numpy()))[..., :3]
+    predicted = plt.get_cmap("magma")(up(attention[i].cpu().numpy()))[..., :3]
     panel = np.concatenate([to_numpy_image(crops[i]) / 255.0, gap, tint(targets28[i], (1, 1, 1)), gap,
                             tint(others28[i], (1, 0.35, 0.2)), gap, predicted], axis=1)
     ax.imshow(panel)
@@ -250,10 +285,12 @@ def render_roi(i, ax):
     ax.axis("off")
 
 
-# Static companion of the slider: every RoI, one row each.
-fig, axes = plt.subplots(len(boxes), 1, figsize=(7, 2.0 * len(boxes)), squeeze=False)
-for i, ax in enumerate(axes[:, 0]):
+# Static companion of the slider: the first RoIs, one row each.
+shown = list(range(min(len(boxes), 4)))
+fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.0 * len(shown)), squeeze=False)
+for i, ax in zip(shown, axes[:, 0]):
     render_roi(i, ax)
+fig.suptitle(f"attention maps: {maps_source}", fontsize=7)
 fig.tight_layout()
 plt.show()
 slider_explorer(render_roi, len(boxes), description="RoI", figsize=(7, 2.2))
@@ -270,29 +307,35 @@ slider_explorer(render_roi, len(boxes), description="RoI", figsize=(7, 2.2))
 # above. AP^p_50 and AP^p_vol (the mean over IoU thresholds 0.1 to 0.9), which measure how well each person is
 # parsed, are shown as well.
 
-# %%
-PAPER = {  # paper numbers: AP^r_vol, AP^r_50, AP^r_60, AP^r_70 (Table 5: CIHP val; None: Table 1, CIHP test)
-    None: ("Table 1, test", 36.2, 41.0, 33.4, 23.8),
-    "dot_after_conv3_sum": ("Table 5, val", 32.8, 36.5, 29.7, 21.0),
-    "dot_after_conv4_sum": ("Table 5, val", 33.1, 36.1, 28.4, 19.3),
-    "concat_after_conv4_trans": ("Table 5, val", 34.1, 38.1, 30.9, 21.6),
-    "concat_after_conv4": ("Table 5, val", 36.2, 40.7, 33.9, 25.1),
+# %% tags=["hide-input"]
+PAPER_COLUMNS = ("APrvol", "APr50", "APr60", "APr70")
+PAPER = {  # paper numbers: AP^r_vol, AP^r_50, AP^r_60, AP^r_70 (Table 5: CIHP val; w/o attention: Table 1, CIHP test)
+    None: ("Table 1, test", (36.2, 41.0, 33.4, 23.8)),
+    "dot_after_conv3_sum": ("Table 5, val", (32.8, 36.5, 29.7, 21.0)),
+    "dot_after_conv4_sum": ("Table 5, val", (33.1, 36.1, 28.4, 19.3)),
+    "concat_after_conv4_trans": ("Table 5, val", (34.1, 38.1, 30.9, 21.6)),
+    "concat_after_conv4": ("Table 5, val", (36.2, 40.7, 33.9, 25.1)),
 }
-KEYS = ("APrvol", "APr50", "APr60", "APr70", "APp50", "APpvol", "mIoU")
-
-
-lines = ["| attention | ours " + " | ours ".join(KEYS) + " | paper source | paper APrvol | paper APr50 | paper APr60 "
-         "| paper APr70 |", "|---" * (len(KEYS) + 6) + "|"]
-for variant in VARIANTS:
-    metrics = ours[variant_key(variant)]
-    source_name, *paper = PAPER[variant]
-    lines.append(f"| `{variant}` | " + " | ".join(percent(metrics.get(k)) for k in KEYS) + f" | {source_name} | "
-                 + " | ".join(f"{v:.1f}" for v in paper) + " |")
-display(Markdown("\n".join(lines)))
+LABELS_05 = {variant_key(v): "w/o attention" if v is None else f"`{v}`" for v in VARIANTS}
+display(MarkdownTables(ablation_table(
+    saved, LABELS_05, paper={variant_key(v): (src, dict(zip(PAPER_COLUMNS, values))) for v, (src, values)
+                             in PAPER.items()}, made_here=made_here)))
 display(Markdown(f"Ours: {source}."))
-caveat = short_run_caveat(ours_profile, ours_iterations, ours_device, made_here=saved is None)
-if caveat:
-    display(Markdown(caveat))
+
+# %% [markdown]
+# The first seed's predictions of one val image without and with attention, from the predictions kept beside the
+# records (or from the runs made on this page when no saved run exists):
+
+# %%
+fig = saved_prediction_grid({"w/o attention": (artefacts["none"] or {}).get("predictions"),
+                             "concat_after_conv4": (artefacts["concat_after_conv4"] or {}).get("predictions")},
+                            CIHP_LABELS, cols=3, size=2.4)
+if fig is None:
+    print("no saved predictions of the ablation (records of an older format keep none)")
+else:
+    fig.suptitle(f"{ours_profile} ablation, first seed ({'run made on this page' if made_here else 'saved run'})",
+                 fontsize=8)
+    fig.tight_layout()
 
 # %% [markdown]
 # In the paper, concatenation beats the product: both `concat_after_conv4` variants beat both `dot` variants on every
@@ -308,29 +351,53 @@ if caveat:
 # on the same val people rendered at increasing `crowding`
 # (`hparse.experiments.attention_ablation.crowding_sweep`).
 
-# %%
+# %% tags=["hide-input"]
 def saved_or_run(name, run):
-    """The saved sweep ``name`` from results/ (gpu, then cpu); without one, ``run`` on this page at this profile."""
+    """The saved sweep ``name`` from results/ (gpu, then cpu); without one, ``run`` on this page at this profile
+    (reusing the ablation's runs made on this page, or training the two variants' seeds here)."""
     record = saved_sweep(name)
     if record is not None:
         return {**record, "made_here": False}
-    sweep = run(profile, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
-                models={"concat_after_conv4": model}, val_images=RUN_VAL)
+    sweep = run(profile, seeds=RUN_SEEDS, crowdings=RUN_CROWDINGS, out_root=run_root, write=profile.name != "smoke",
+                val_images=RUN_VAL)
     return {"sweep": sweep, "profile": profile.name, "iterations": profile.iterations, "device": device_name(),
-            "made_here": True,
-            "source": f"run on this page ({profile.name} profile, {RUN_VAL} val images per crowding)"}
+            "seeds": list(RUN_SEEDS), "made_here": True,
+            "source": f"run on this page ({profile.name} profile, {RUN_VAL} val images per crowding, seeds "
+                      f"{list(RUN_SEEDS)})"}
 
 
+def plot_sweep(ax, sweep, key):
+    """Mean over seeds against crowding, with and without attention; the band is ± one standard deviation."""
+    for variant, style in (("none", "o--"), ("concat_after_conv4", "s-")):
+        mean, std = sweep_spread(sweep, variant, key)
+        mean = np.array([np.nan if m is None else m for m in mean])
+        std = np.array([np.nan if s is None else s for s in std])
+        line, = ax.plot(sweep["crowding"], mean, style, label="w/o attention" if variant == "none" else variant)
+        ax.fill_between(sweep["crowding"], mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def gain_row(sweep, key, i):
+    """(gain in points of attention over none at crowding i, whether it exceeds the spread over seeds or None)."""
+    a, sa = (v[i] for v in sweep_spread(sweep, "concat_after_conv4", key))
+    b, sb = (v[i] for v in sweep_spread(sweep, "none", key))
+    if a is None or b is None:
+        return None, None
+    if len(sweep.get("seeds") or [None]) < 2:
+        return round(100 * (a - b), 2) + 0.0, None
+    return round(100 * (a - b), 2) + 0.0, exceeds_spread({"mean": {key: a}, "std": {key: sa}},
+                                                        {"mean": {key: b}, "std": {key: sb}}, key)
+
+
+JUDGED = {True: "exceeds the spread", False: "within the spread", None: "one seed: no spread"}
 start = time.perf_counter()
 record = saved_or_run("crowding", crowding_sweep)
 sweep, sweep_source = record["sweep"], record["source"]
 print(f"crowding sweep: {sweep_source}; {time.perf_counter() - start:.1f} s")
 
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
 for ax, key, title in zip(axes, ("APp50", "APr50"), ("AP$^p_{50}$", "AP$^r_{50}$")):
-    for variant, style in (("none", "o--"), ("concat_after_conv4", "s-")):
-        values = [np.nan if v is None else v for v in sweep["variants"][variant][key]]
-        ax.plot(sweep["crowding"], values, style, label="w/o attention" if variant == "none" else variant)
+    plot_sweep(ax, sweep, key)
     twin = ax.twinx()
     twin.bar(sweep["crowding"], sweep["other_person_fraction"], width=0.08, alpha=0.15, color="gray")
     twin.set_ylim(0, max(0.5, 1.2 * max(sweep["other_person_fraction"])))
@@ -347,35 +414,32 @@ fig.tight_layout()
 # does what the paper claims, the gap between the two curves should grow with the bars. What this run shows, read
 # from its numbers:
 
-# %%
-with_att, without = sweep["variants"]["concat_after_conv4"], sweep["variants"]["none"]
+# %% tags=["hide-input"]
 lines = ["| crowding | share of box showing others | AP^p_50 gain from attention | AP^r_50 gain from attention |",
          "|---|---|---|---|"]
-gains = {}
+verdicts = []
 for i, crowding in enumerate(sweep["crowding"]):
-    row = []
+    cells = []
     for key in ("APp50", "APr50"):
-        a, b = with_att[key][i], without[key][i]
-        gain = None if a is None or b is None else round(100 * (a - b), 2) + 0.0  # points; + 0.0: no "-0.00"
-        gains.setdefault(key, []).append(gain)
-        row.append("–" if gain is None else f"{gain:+.2f}")
-    lines.append(f"| {crowding:.2f} | {100 * sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(row) + " |")
-valid = [(c, g) for c, g in zip(sweep["crowding"], gains["APr50"]) if g is not None]
+        gain, exceeds = gain_row(sweep, key, i)
+        cells.append("–" if gain is None else f"{gain:+.2f} ({JUDGED[exceeds]})")
+        if key == "APr50" and gain is not None:
+            verdicts.append((crowding, gain, exceeds))
+    lines.append(f"| {crowding:.2f} | {100 * sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(cells) + " |")
 verdict = ""
-NOISE_POINTS = 0.5  # below this, a difference in AP between two single-seed runs is not read as an effect
-spread = max((abs(g) for _, g in valid), default=0.0)
-if len(valid) >= 2 and spread < NOISE_POINTS:
-    verdict = (f"\n\nThe AP^r_50 gain from attention stays within ±{spread:.2f} points at every crowding, below the "
-               f"{NOISE_POINTS} points we would read as an effect: this run measures no effect of attention at any "
-               "crowding.")
-elif len(valid) >= 2:
-    best = max(valid, key=lambda cg: cg[1])
-    trend = "grows" if valid[-1][1] > valid[0][1] else "does not grow"
-    verdict = (f"\n\nThe AP^r_50 gain from attention (points) {trend} from the sparsest to the most crowded val set "
-               f"({valid[0][1]:+.2f} → {valid[-1][1]:+.2f}); it is largest at crowding {best[0]:.2f} "
-               f"({best[1]:+.2f}).")
+if verdicts and all(e is None for _, _, e in verdicts):
+    verdict = ("\n\nThese numbers come from one seed, so there is no spread to tell an effect from the noise of "
+               "training.")
+elif verdicts:
+    real = [(c, g) for c, g, e in verdicts if e]
+    verdict = (f"\n\nThe AP^r_50 gain from attention exceeds the spread over seeds at {len(real)} of {len(verdicts)} "
+               "crowding values" + (": " + ", ".join(f"{g:+.2f} points at {c:.2f}" for c, g in real) if real else
+                                    "; this run measures no effect of attention at any crowding") + ".")
 caveat = short_run_caveat(record["profile"], record["iterations"], record["device"], made_here=record["made_here"])
-display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
+reproduce = (f"\n\nReproduce ours: `python -m hparse.experiments.attention_ablation --profile {record['profile']} "
+             "--crowding`")
+display(MarkdownTables(f"Points (mean over seeds {record['seeds']}, with minus without attention).\n\n"
+                       + "\n".join(lines) + reproduce + verdict + (f"\n\n{caveat}" if caveat else "")))
 
 # %% [markdown]
 # ## Inside the box, without the detector
@@ -395,19 +459,18 @@ display(Markdown("\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else ""
 # This measure needs a trained parsing branch but no trained detector, so it can tell the variants apart earlier in
 # training than AP can. Leakage is read beside recall: a model that labels more of every box raises both.
 
-# %%
+# %% tags=["hide-input"]
 start = time.perf_counter()
 roi_record = saved_or_run("roi_noise", roi_noise_sweep)
 roi_sweep, roi_source = roi_record["sweep"], roi_record["source"]
 print(f"oracle-box RoI measure: {roi_source}; {time.perf_counter() - start:.1f} s")
 
+# %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
 for ax, key, title in zip(axes, ("other_leakage", "own_recall", "roi_mIoU"),
                           ("other-people cells given a part label", "own part cells given a part label",
                            "part mIoU inside the boxes")):
-    for variant, style in (("none", "o--"), ("concat_after_conv4", "s-")):
-        values = [np.nan if v is None else v for v in roi_sweep["variants"][variant][key]]
-        ax.plot(roi_sweep["crowding"], values, style, label="w/o attention" if variant == "none" else variant)
+    plot_sweep(ax, roi_sweep, key)
     ax.set_xlabel("SynthCrowd crowding (val)")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(0, 1)
@@ -415,24 +478,39 @@ for ax, key, title in zip(axes, ("other_leakage", "own_recall", "roi_mIoU"),
 fig.suptitle(f"ours, ground-truth boxes: {roi_source}", fontsize=8)
 fig.tight_layout()
 
-with_att, without = roi_sweep["variants"]["concat_after_conv4"], roi_sweep["variants"]["none"]
+# %% tags=["hide-input"]
+def cell(sweep, variant, key, i):
+    mean, std = (v[i] for v in sweep_spread(sweep, variant, key))
+    return percent(mean) + ("" if mean is None or len(sweep.get("seeds") or [None]) < 2 else f" ± {percent(std)}")
+
+
 lines = ["| crowding | share of box showing others | leakage w/o attention | leakage with attention "
-         "| own recall w/o | own recall with | RoI mIoU w/o | RoI mIoU with |", "|---" * 8 + "|"]
+         "| leakage: difference exceeds the spread? | own recall w/o | own recall with | RoI mIoU w/o | RoI mIoU with |",
+         "|---" * 9 + "|"]
+leak = []
 for i, crowding in enumerate(roi_sweep["crowding"]):
-    cells = [percent(rows[key][i]) for key in ("other_leakage", "own_recall", "roi_mIoU")
-             for rows in (without, with_att)]
+    gain, exceeds = gain_row(roi_sweep, "other_leakage", i)
+    if gain is not None:
+        leak.append((crowding, gain, exceeds))
+    cells = [cell(roi_sweep, v, "other_leakage", i) for v in ("none", "concat_after_conv4")]
+    cells.append("–" if gain is None else f"{gain:+.2f} ({JUDGED[exceeds]})")
+    cells += [cell(roi_sweep, v, key, i) for key in ("own_recall", "roi_mIoU") for v in ("none", "concat_after_conv4")]
     lines.append(f"| {crowding:.2f} | {100 * roi_sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(cells) + " |")
-valid = [(c, a, b) for c, a, b in zip(roi_sweep["crowding"], with_att["other_leakage"], without["other_leakage"])
-         if a is not None and b is not None]
 verdict = ""
-if valid:
-    lower = sum(a < b for _, a, b in valid)
-    verdict = (f"\n\nWith attention, other people leak into the part labels less at {lower} of {len(valid)} "
-               f"crowding values; the difference (points, with minus without) runs "
-               + ", ".join(f"{100 * (a - b):+.2f} at {c:.2f}" for c, a, b in valid) + ".")
+if leak:
+    lower = [(c, g) for c, g, e in leak if e and g < 0]
+    higher = [(c, g) for c, g, e in leak if e and g > 0]
+    verdict = (f"\n\nWith attention, other people leak into the part labels less, by more than the spread over seeds, "
+               f"at {len(lower)} of {len(leak)} crowding values, and more at {len(higher)}."
+               if any(e is not None for _, _, e in leak) else
+               "\n\nThese numbers come from one seed: there is no spread to tell an effect from training noise.")
 caveat = short_run_caveat(roi_record["profile"], roi_record["iterations"], roi_record["device"],
                           made_here=roi_record["made_here"])
-display(Markdown("Percentages.\n\n" + "\n".join(lines) + verdict + (f"\n\n{caveat}" if caveat else "")))
+reproduce = (f"\n\nReproduce ours: `python -m hparse.experiments.attention_ablation --profile {roi_record['profile']} "
+             "--roi-noise`")
+display(MarkdownTables(f"Percentages, mean ± standard deviation over seeds {roi_record['seeds']}; the difference is in "
+                       "points, with minus without attention.\n\n" + "\n".join(lines) + reproduce + verdict
+                       + (f"\n\n{caveat}" if caveat else "")))
 
 # %% [markdown]
 # ## Summary
