@@ -389,6 +389,12 @@ def gain_row(sweep, key, i):
 
 
 JUDGED = {True: "exceeds the spread", False: "within the spread", None: "one seed: no spread"}
+
+
+def seeds_flag(seeds):
+    """``--seeds ...`` unless a sweep used the default seeds 0 1 2 (or its seeds are unknown)."""
+    seeds = [s for s in (seeds or []) if s is not None]
+    return "" if not seeds or seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, seeds))
 start = time.perf_counter()
 record = saved_or_run("crowding", crowding_sweep)
 sweep, sweep_source = record["sweep"], record["source"]
@@ -437,7 +443,7 @@ elif verdicts:
                                     "; this run measures no effect of attention at any crowding") + ".")
 caveat = short_run_caveat(record["profile"], record["iterations"], record["device"], made_here=record["made_here"])
 reproduce = (f"\n\nReproduce ours: `python -m hparse.experiments.attention_ablation --profile {record['profile']} "
-             "--crowding`")
+             f"--crowding{seeds_flag(record['seeds'])}`")
 display(MarkdownTables(f"Points (mean over seeds {record['seeds']}, with minus without attention).\n\n"
                        + "\n".join(lines) + reproduce + verdict + (f"\n\n{caveat}" if caveat else "")))
 
@@ -507,7 +513,7 @@ if leak:
 caveat = short_run_caveat(roi_record["profile"], roi_record["iterations"], roi_record["device"],
                           made_here=roi_record["made_here"])
 reproduce = (f"\n\nReproduce ours: `python -m hparse.experiments.attention_ablation --profile {roi_record['profile']} "
-             "--roi-noise`")
+             f"--roi-noise{seeds_flag(roi_record['seeds'])}`")
 display(MarkdownTables(f"Percentages, mean ± standard deviation over seeds {roi_record['seeds']}; the difference is in "
                        "points, with minus without attention.\n\n" + "\n".join(lines) + reproduce + verdict
                        + (f"\n\n{caveat}" if caveat else "")))
