@@ -16,12 +16,12 @@
 # This book reproduces four published methods that answer that question in four different ways, component by
 # component, in one small PyTorch package, `hparse`:
 #
-# | method | family | how parts find their person | learned end to end |
-# |---|---|---|---|
-# | Parsing R-CNN {cite:p}`parsingrcnn2019` | top-down | detect each person, then parse inside its box (RoI) | detector + parsing branch |
-# | RoI attention framework {cite:p}`roiattention2019` | top-down | as above, plus a foreground-attention map that tells the parsing branch which pixels of an overlapping box belong to *this* person | detector + attention + parsing |
-# | Holistic instance-level parsing {cite:p}`holistic2017` | segment, then assign | category-level part segmentation of the whole image; an **Instance CRF** over the detections assigns each pixel a (person, part) label | segmentation + CRF (unrolled mean-field), with a permutation-invariant loss |
-# | Multi-granularity bottom-up parser {cite:p}`mgparsing2021` | bottom-up | every body pixel points to its person's nearest joint (a dense-to-sparse projection field); joints are grouped into people by **differentiable bipartite matching** | parsing + projection field + keypoints + matching |
+# | method | family | how parts find their person | learned end to end | in hparse today |
+# |---|---|---|---|---|
+# | Parsing R-CNN {cite:p}`parsingrcnn2019` | top-down | detect each person, then parse inside its box (RoI) | detector + parsing branch | the model, every component a flag, trained (chapters 03-05) |
+# | RoI attention framework {cite:p}`roiattention2019` | top-down | as above, plus a foreground-attention map that tells the parsing branch which pixels of an overlapping box belong to *this* person | detector + attention + parsing | the model, every fusion of Table 5, trained (chapter 06) |
+# | Holistic instance-level parsing {cite:p}`holistic2017` | segment, then assign | category-level part segmentation of the whole image; an **Instance CRF** over the detections assigns each pixel a (person, part) label | segmentation + CRF (unrolled mean-field), with a permutation-invariant loss | the Instance CRF op (chapter 07); the full model is coming |
+# | Multi-granularity bottom-up parser {cite:p}`mgparsing2021` | bottom-up | every body pixel points to its person's nearest joint (a dense-to-sparse projection field); joints are grouped into people by **differentiable bipartite matching** | parsing + projection field + keypoints + matching | the model with its assembly and oracle (chapter 08) and the matching op (chapter 09); training through the matching is coming |
 #
 # Top-down methods inherit the detector's strengths (each person handled separately, at a resolution fitted to its
 # size) and its weakness (a missed or merged box loses a person; a box holds pieces of its neighbours). Bottom-up

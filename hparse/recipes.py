@@ -56,9 +56,16 @@ def synth_data(profile: Profile) -> dict[str, int]:
 
 #: What the ``cpu`` profile changes besides sizes, for every top-down method (see the module docstring).
 LAPTOP: dict[str, Any] = dict(
-    model=dict(backbone="resnet18", backbone_weights=None, backbone_width=64, fpn_channels=64),
-    train=dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4),
+    model=dict(backbone="resnet18", backbone_weights="synthcrowd", backbone_width=24, fpn_channels=64,
+               backbone_norm="frozen_bn", trainable_layers=3),
+    train=dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, num_workers=0),
 )
+
+
+def _laptop(model: dict, train: dict) -> None:
+    """Apply :data:`LAPTOP` to a cpu-profile recipe (in place)."""
+    model.update(LAPTOP["model"])
+    train.update(LAPTOP["train"])
 
 
 def _synth_sizes(size: int) -> dict:
@@ -110,9 +117,10 @@ def parsing_rcnn_recipe(profile: Profile, dataset: str = "synth", **flags) -> di
     if profile.name == "gpu":
         model.update(parsing_batch=32)
     elif profile.name == "cpu":
-        model.update(parsing_batch=4, head_channels=64, gce_channels=64, box_batch_size_per_image=128,
+        model.update(parsing_batch=8, head_channels=64, gce_channels=64, head_norm="gn", box_batch_size_per_image=128,
                      box_representation_size=256, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+        _laptop(model, train)
     else:
         model.update(parsing_batch=2, head_channels=16, gce_channels=16, box_batch_size_per_image=32,
                      box_representation_size=64, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
@@ -139,18 +147,19 @@ def attention_rcnn_recipe(profile: Profile, dataset: str = "synth", attention: s
                          "it with hparse.models.build_model and train it with hparse.engine.train")
     model = dict(backbone=profile.backbone, attention=attention, train_sizes=None, test_size=None, max_size=None,
                  anchor_sizes=scaled_anchor_sizes(profile.image_size))
+    train = _schedule(profile, milestones=(100 / 130, 115 / 130))
     if profile.name == "cpu":
-        model.update(parsing_batch=4, head_channels=64, attention_channels=32, box_conv_channels=32,
+        model.update(parsing_batch=8, head_channels=64, attention_channels=32, box_conv_channels=32,
                      box_batch_size_per_image=128, box_representation_size=256, rpn_pre_nms_top_n_train=600,
                      rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
                      box_detections_per_img=20)
+        _laptop(model, train)
     elif profile.name != "gpu":
         model.update(parsing_batch=2, head_channels=16, attention_channels=16, box_conv_channels=16,
                      box_batch_size_per_image=32, box_representation_size=64, rpn_pre_nms_top_n_train=200,
                      rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
                      box_detections_per_img=6)
     model.update(flags)
-    train = _schedule(profile, milestones=(100 / 130, 115 / 130))
     return {"model": model, "train": train, "data": synth_data(profile)}
 
 
@@ -172,14 +181,7 @@ def recipe(method: str, profile: Profile, dataset: str = "synth", **variant) -> 
 # The sizes of `hparse demo`, per profile (see demo_recipe). Only sizes differ from the Parsing R-CNN recipe.
 _DEMO_SIZES = {
     "smoke": dict(iterations=4),
-    "cpu": dict(
-        image_size=128, max_people=4, train_images=2000, val_images=50, iterations=500, batch_size=2,
-        model=dict(fpn_channels=64, head_channels=64, gce_channels=64, parsing_batch=8,
-                   box_batch_size_per_image=64, box_representation_size=256, rpn_pre_nms_top_n_train=300,
-                   rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=50,
-                   box_detections_per_img=10),
-        train=dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup=50, num_workers=0),
-    ),
+    "cpu": dict(val_images=50, iterations=1000, train=dict(eval_every=250, checkpoint_every=250)),
     "gpu": dict(iterations=3000),
 }
 
@@ -196,7 +198,7 @@ def demo_recipe(profile: Profile) -> dict[str, dict]:
     out = parsing_rcnn_recipe(profile.override(image_size=data["image_size"], batch_size=batch_size))
     out["model"].update(sizes.get("model", {}))
     out = with_iterations(out, sizes["iterations"])
-    out["train"].update(eval_every=0, **sizes.get("train", {}))
+    out["train"].update(**{"eval_every": 0, **sizes.get("train", {})})
     out["data"] = data
     return out
 
