@@ -420,7 +420,7 @@ def test_demo_recipe_keeps_the_paper_flags_and_only_shrinks(name):
     model, train, data = demo["model"], demo["train"], demo["data"]
     assert (model["pss"], model["roi_size"], model["gce"], model["ipbc"]) == (True, 32, True, True)
     assert set(data) == {"image_size", "max_people", "train_images", "val_images"}
-    assert data["image_size"] <= profile.image_size and train["eval_every"] == 0
+    assert data["image_size"] <= profile.image_size
     assert train["warmup"] <= max(train["iterations"] // 10, 1)
     for key in ("head_channels", "gce_channels", "box_batch_size_per_image", "box_representation_size"):
         assert model.get(key, 1 << 20) <= full["model"].get(key, 1 << 20), key
@@ -429,9 +429,11 @@ def test_demo_recipe_keeps_the_paper_flags_and_only_shrinks(name):
     assert model["canonical_scale"] == max(1, round(224 * data["image_size"] / 800))
     if name == "smoke":
         assert train["iterations"] == 4 and model == full["model"]
-    if name == "cpu":
-        assert model["fpn_channels"] < 256 and train["optimizer"] == "adamw"
-        assert data["image_size"] < profile.image_size and model["fpn_channels"] >= 16
+    if name == "cpu":  # the cpu recipe itself (the laptop's means), evaluated along the way for the learning curve
+        assert model == full["model"] and model["backbone_weights"] == "synthcrowd" and train["optimizer"] == "adamw"
+        assert 0 < train["eval_every"] < train["iterations"]
+    else:
+        assert train["eval_every"] == 0
 
 
 def test_backbone_weights_failure_is_explained(monkeypatch):
