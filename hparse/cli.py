@@ -637,6 +637,13 @@ def _cmd_demo(args) -> int:
     fig = prediction_panels(samples, predictions, val_set.labels, model.semantic_score_thresh, title=what)
     print(f"wrote {save_figure(fig, out_dir / 'overlay.png')}")
     plt.close(fig)
+    if args.record:  # the book draws the recorded demo's curves and predictions from these small files
+        from .experiments.runner import save_artefacts
+
+        kept = save_artefacts(model, val_set, out_dir, method="parsing_rcnn", variant=Path(args.record).name,
+                              profile=profile.name, seed=args.seed)
+        for path in kept.values():
+            print(f"wrote {path}")
     return 0
 
 
