@@ -94,10 +94,13 @@ def pretrained_path(name: str) -> Path:
 
 def save_pretrained(model: SemanticPretrainer, path: str | Path, architecture: dict, provenance: dict) -> Path:
     """Write the ResNet-FPN of ``model`` in float16 with its architecture and provenance (the head is dropped)."""
+    import json
+
     from ..engine.checkpoint import save_checkpoint
 
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.body.state_dict().items()}
-    save_checkpoint(Path(path), {"state_dict": state, "architecture": architecture, "provenance": provenance})
+    plain = json.loads(json.dumps(provenance, default=str))  # plain types only: the file loads with weights_only
+    save_checkpoint(Path(path), {"state_dict": state, "architecture": dict(architecture), "provenance": plain})
     return Path(path)
 
 
