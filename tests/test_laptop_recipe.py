@@ -142,3 +142,11 @@ def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp
     again = run_variants("parsing_rcnn", variants, [0, 1], profile, **kwargs)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")} == stamps
     assert again["gce"]["mean"] == pytest.approx(out["gce"]["mean"])
+    # The records alone are enough: without the run folders nothing is retrained, and a new seed trains only itself.
+    import shutil
+
+    shutil.rmtree(tmp_path / "smoke")
+    calls.clear()
+    third = run_variants("parsing_rcnn", variants[:1], [0, 1, 2], profile, **kwargs)
+    assert not list((tmp_path / "smoke" / "plain").glob("seed[01]")) and (tmp_path / "smoke" / "plain" / "seed2").exists()
+    assert third["plain"]["seeds"] == [0, 1, 2] and len(third["plain"]["per_seed"]) == 3

@@ -354,6 +354,24 @@ def record_spread(metrics: dict, seed: int | None = None) -> dict:
             "one_seed_record": True}
 
 
+def _recorded_seeds(name: str, profile: str, config: dict, iterations: int) -> dict[int, dict]:
+    """Per-seed metrics of the variant record ``name`` when it holds this config (any seeds) at ``iterations``
+    or more: runs measured before, which need no run folder to be reused (run folders are not kept with results)."""
+    from ..engine.results import load_result
+
+    try:
+        record = load_result(name, profile)
+    except ValueError:
+        return {}
+    if record is None or "per_seed" not in (record.get("metrics") or {}):
+        return {}
+    saved = {k: v for k, v in (record.get("config") or {}).items() if k != "seeds"}
+    if config_differences(saved, json.loads(json.dumps(config, default=str))):
+        return {}
+    return {int(seed): m for seed, m in record["metrics"]["per_seed"].items()
+            if (m.get("iterations") or 0) >= iterations and "mIoU" in m}
+
+
 def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Sequence[int], profile: Profile, *,
                  record_prefix: str, out_root: str | Path, iterations: int | None = None,
                  device: torch.device | str | None = None, val_images: int | None = None, write: bool = True,
@@ -377,6 +395,10 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             :func:`save_artefacts` (default: when ``write``); a reused run's are remade only when missing or of
             another run.
 
+    A variant's record is rewritten after every seed and holds every seed ever measured for that exact config
+    (earlier calls' included), so the records alone carry an ablation forward: a seed already in the record is not
+    retrained, even when its run folder is gone.
+
     Returns:
         ``{variant: metrics}`` with ``metrics`` as written (``per_seed``, ``mean``, ``std``, ``min``, ``max``,
         ``seeds``, ``iterations``).
@@ -385,34 +407,44 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
     artefacts = write if artefacts is None else artefacts
     results = {}
     for name, flags in variants:
+        plan = method_recipe(method, profile, **flags)
+        if iterations is not None:
+            plan = with_iterations(plan, iterations)
+        config = {"variant": name, "flags": flags, "model": {"name": method, **plan["model"]}, "train": plan["train"],
+                  "data": plan["data"], "val_images": val_images or plan["data"]["val_images"]}
+        recorded = _recorded_seeds(f"{record_prefix}{name}", profile.name, config, plan["train"]["iterations"])
+        ours = bool(recorded)  # the record holds this variant's earlier seeds: adding seeds to it is no conflict
         per_seed = {}
         kept = None  # the first seed's model, for the artefacts
         for seed in seeds:
             folder = run_folder(out_root, profile, name, seed)
-            keep = artefacts and seed == seeds[0] and not _artefact_current(
-                artefact_paths(method, name, profile.name)["predictions"], folder)
-            metrics, model = train_seed(method, profile, flags, seed, folder, iterations=iterations, device=device,
-                                        val_images=val_images, variant=name, keep_model=keep)
+            predictions = artefact_paths(method, name, profile.name)["predictions"]
+            keep = artefacts and seed == seeds[0] and not _artefact_current(predictions, folder)
+            if seed in recorded and not (keep and not predictions.exists()):
+                metrics, model, keep = recorded[seed], None, False  # measured by an earlier call: kept in the record
+            else:
+                metrics, model = train_seed(method, profile, flags, seed, folder, iterations=iterations,
+                                            device=device, val_images=val_images, variant=name, keep_model=keep)
             if keep:
                 kept = model
             del model
             per_seed[seed] = metrics
             if on_run is not None:
                 on_run(name, seed, metrics)
-        record = {**summarise(per_seed), "per_seed": {str(s): m for s, m in per_seed.items()}, "seeds": list(seeds),
-                  "iterations": min(int(m.get("iterations") or 0) for m in per_seed.values())}
-        plan = method_recipe(method, profile, **flags)
-        if iterations is not None:
-            plan = with_iterations(plan, iterations)
-        config = {"variant": name, "flags": flags, "model": {"name": method, **plan["model"]}, "train": plan["train"],
-                  "data": plan["data"], "val_images": val_images or plan["data"]["val_images"], "seeds": list(seeds)}
-        if write:
-            wall = sum(float(m.get("wall_time_s") or 0.0) for m in per_seed.values())
-            write_result(f"{record_prefix}{name}", record, profile=profile.name, config=config, wall_time_s=wall,
-                         device=device, force=force,
-                         notes=(notes or f"{method} variant {name!r}") + f", seeds {list(seeds)}, profile "
-                         f"{profile.name}, device {device.type}" + ("" if device.type == "cuda" else
-                                                                    " (CPU run: no GPU was used)"))
+            measured = {**recorded, **per_seed}  # every seed measured for this config, earlier calls' included
+            measured = {s: measured[s] for s in sorted(measured)}
+            record = {**summarise(measured), "per_seed": {str(s): m for s, m in measured.items()},
+                      "seeds": list(measured), "iterations": min(int(m.get("iterations") or 0)
+                                                                 for m in measured.values())}
+            if write:  # after every seed, so an interrupted ablation keeps every run it finished
+                wall = sum(float(m.get("wall_time_s") or 0.0) for m in measured.values())
+                write_result(f"{record_prefix}{name}", record, profile=profile.name,
+                             config={**config, "seeds": list(measured)}, wall_time_s=wall, device=device,
+                             force=force or ours,
+                             notes=(notes or f"{method} variant {name!r}") + f", seeds {list(measured)}, profile "
+                             f"{profile.name}, device {device.type}" + ("" if device.type == "cuda" else
+                                                                        " (CPU run: no GPU was used)"))
+                ours = True
         if kept is not None:
             _, val_set = synth_splits(plan["data"], val_images=val_images)
             save_artefacts(kept, val_set, run_folder(out_root, profile, name, seeds[0]), method=method, variant=name,
