@@ -12,15 +12,17 @@ SynthCrowd sizes}``. The paper's flags are on in every profile; what changes wit
 CI's seconds, ``cpu``: a laptop's minutes, ``gpu``: the papers' settings) and, for the laptop, the starting point.
 
 **Why the cpu profile differs from the papers in more than size.** The papers fine-tune ImageNet weights for tens of
-thousands of steps. From random weights, a few hundred CPU steps learn almost nothing: the demo recipe from scratch
-reached mIoU 0.05 and AP^p_50 0 after 500 steps, and 0.12 / 0 after 3,000 (the parsing branch, a stack of ten ReLU
-convolutions, learns only the label prior in that time, with ground-truth boxes as well as with its own detections).
-The cpu recipes therefore do what the papers do with what a laptop has (:data:`LAPTOP`): they start the backbone
-from ``backbone_weights="synthcrowd"``, a ResNet-FPN pretrained once by hparse on SynthCrowd part segmentation and
-shipped with the package (the ImageNet stand-in; its batch norm frozen as with ImageNet weights); the ResNet is
-narrowed to base width 24 with a 64-channel FPN so that it trains at tens of images per second; the parsing branches
-get GroupNorm (the papers are silent on it; the RoI-attention paper's branch has it); AdamW replaces SGD. Every
-paper component (PSS, ERR, GCE, IPBC, the attention branch and its fusions) is still on and still a flag.
+thousands of steps. From random weights, a few hundred CPU steps learn almost nothing: the first demo (500 steps)
+scored mIoU 0.055 and AP^p_50 0 (``results/cpu/parsing_rcnn/demo_from_scratch.json``); with ground-truth boxes its
+parsing branch did no better, so the branch, not the detector, is what limits. The cpu recipes therefore do what the
+papers do with what a laptop has (:data:`LAPTOP`): they start the backbone from ``backbone_weights="synthcrowd"``,
+a ResNet-FPN pretrained once by ``hparse pretrain`` on SynthCrowd part segmentation and shipped with the package
+(the ImageNet stand-in, :mod:`hparse.models.pretrain`; its batch norm frozen and its stem and first stage fixed, as
+torchvision does with ImageNet weights); the ResNet is narrowed to base width 24 with a 64-channel FPN, so that it
+trains at tens of images per second and its file stays small; Parsing R-CNN's branch gets GroupNorm (the paper is
+silent on it; the RoI-attention paper's branch has it); AdamW replaces SGD. Every paper component (PSS, ERR, GCE,
+IPBC, the attention branch and its fusions) is still on and still a flag. The demo with these means:
+``results/cpu/parsing_rcnn/demo.json`` (its held-out score: ``demo_heldout.json``).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def prediction_panels(samples: Sequence[dict], predictions: Sequence[dict], labe
         score_thresh: persons drawn (the model's semantic painting threshold).
     """
     count = len(samples)
-    fig, axes = plt.subplots(2, count, figsize=(size * count, 2 * size + 0.4), squeeze=False)
+    fig, axes = plt.subplots(2, count, figsize=(size * count, 2 * size + 0.9), squeeze=False, layout="constrained")
     for k, (sample, pred) in enumerate(zip(samples, predictions)):
         keep = pred["person_scores"].cpu() >= score_thresh
         axes[0, k].imshow(overlay_semantic(sample["image"], sample["semantic"], labels))
@@ -96,5 +96,4 @@ def prediction_panels(samples: Sequence[dict], predictions: Sequence[dict], labe
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
