@@ -48,7 +48,7 @@ from ..models.targets import parsing_targets, sample_label_maps
 from ..recipes import recipe as method_recipe
 from ..recipes import with_iterations
 from . import runner
-from .runner import SEEDS, run_folder, run_variants, train_seed
+from .runner import SEEDS, add_run_arguments, run_folder, run_variants, train_seed
 
 __all__ = ["VARIANTS", "CROWDINGS", "HEADLINE", "SEEDS", "RECORD_PREFIX", "OUT_ROOT", "variant_key", "synth_splits",
            "seed_model", "ablation", "saved_ablation", "crowding_sweep", "other_person_fraction", "roi_noise",
@@ -407,10 +407,7 @@ def roi_noise_sweep(profile: Profile, device: torch.device | str | None = None, 
 
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    add_run_arguments(parser, OUT_ROOT)
     parser.add_argument("--variants", nargs="*", default=None,
                         help=f"subset of {[variant_key(v) for v in VARIANTS]} (default: all; the sweeps: none and "
                         "concat_after_conv4)")
@@ -418,8 +415,6 @@ def _main(argv: list[str] | None = None) -> None:
     what.add_argument("--crowding", action="store_true", help="run the crowding sweep instead of the ablation")
     what.add_argument("--roi-noise", action="store_true",
                       help="run the oracle-box RoI measure against crowding instead of the ablation")
-    parser.add_argument("--out-root", default=OUT_ROOT)
-    parser.add_argument("--force", action="store_true", help="replace records of another config or a longer run")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     keys = {variant_key(v): v for v in VARIANTS}

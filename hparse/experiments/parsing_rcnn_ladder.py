@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..engine.profiles import Profile, get_profile
-from .runner import SEEDS, run_variants
+from .runner import SEEDS, add_run_arguments, run_variants
 
 __all__ = ["LADDER", "ladder", "RECORD_PREFIX"]
 
@@ -63,13 +63,8 @@ def ladder(profile: Profile, device: torch.device | str | None = None, *, seeds:
 
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    add_run_arguments(parser, "runs/ladder")
     parser.add_argument("--rungs", nargs="*", default=None, help=f"subset of {[n for n, _ in LADDER]}")
-    parser.add_argument("--out-root", default="runs/ladder")
-    parser.add_argument("--force", action="store_true", help="replace records of another config or a longer run")
     args = parser.parse_args(argv)
     for rung, record in ladder(get_profile(args.profile), args.device, seeds=args.seeds, iterations=args.iterations,
                                rungs=args.rungs, out_root=args.out_root, force=args.force, verbose=True).items():

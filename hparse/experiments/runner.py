@@ -47,7 +47,7 @@ from ..models import build_model
 from ..recipes import recipe as method_recipe
 from ..recipes import with_iterations
 
-__all__ = ["SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
+__all__ = ["add_run_arguments", "SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
            "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
            "artefact_paths", "record_spread"]
 
@@ -64,6 +64,17 @@ def synth_splits(data: dict, crowding: float = 0.5, val_crowding: float | None =
     return (SynthCrowd("train", num_images=data["train_images"], crowding=crowding, **common),
             SynthCrowd("val", num_images=val_images or data["val_images"],
                        crowding=crowding if val_crowding is None else val_crowding, **common))
+
+
+def add_run_arguments(parser, out_root: str) -> None:
+    """The command-line flags every variants x seeds experiment takes (profile, device, iterations, seeds, run
+    folders, ``--force``), so each experiment's ``_main`` adds only its own."""
+    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--iterations", type=int, default=None, help="override the recipe's steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--out-root", default=out_root, help="run folders (checkpoints, logs)")
+    parser.add_argument("--force", action="store_true", help="replace records of another config or a longer run")
 
 
 def run_folder(out_root: str | Path, profile: Profile, variant: str, seed: int) -> Path:
