@@ -47,8 +47,8 @@ from ..models import build_model
 from ..recipes import recipe as method_recipe
 from ..recipes import with_iterations
 
-__all__ = ["add_run_arguments", "SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits", "SUMMARY_KEYS",
-           "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
+__all__ = ["add_run_arguments", "SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits",
+           "SUMMARY_KEYS", "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
            "artefact_paths", "record_spread"]
 
 #: The seeds of every ablation unless asked otherwise.
