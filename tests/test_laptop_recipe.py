@@ -148,5 +148,6 @@ def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp
     shutil.rmtree(tmp_path / "smoke")
     calls.clear()
     third = run_variants("parsing_rcnn", variants[:1], [0, 1, 2], profile, **kwargs)
-    assert not list((tmp_path / "smoke" / "plain").glob("seed[01]")) and (tmp_path / "smoke" / "plain" / "seed2").exists()
+    plain = tmp_path / "smoke" / "plain"
+    assert not list(plain.glob("seed[01]")) and (plain / "seed2").exists()
     assert third["plain"]["seeds"] == [0, 1, 2] and len(third["plain"]["per_seed"]) == 3
