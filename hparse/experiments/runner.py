@@ -442,6 +442,9 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             per_seed[seed] = metrics
             if on_run is not None:
                 on_run(name, seed, metrics)
+            if write:  # another process may have added seeds of this config meanwhile: keep them too
+                recorded = {**recorded, **_recorded_seeds(f"{record_prefix}{name}", profile.name, config,
+                                                          plan["train"]["iterations"])}
             measured = {**recorded, **per_seed}  # every seed measured for this config, earlier calls' included
             measured = {s: measured[s] for s in sorted(measured)}
             record = {**summarise(measured), "per_seed": {str(s): m for s, m in measured.items()},
@@ -451,7 +454,7 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
                 wall = sum(float(m.get("wall_time_s") or 0.0) for m in measured.values())
                 write_result(f"{record_prefix}{name}", record, profile=profile.name,
                              config={**config, "seeds": list(measured)}, wall_time_s=wall, device=device,
-                             force=force or ours,
+                             force=force or ours or bool(recorded),
                              notes=(notes or f"{method} variant {name!r}") + f", seeds {list(measured)}, profile "
                              f"{profile.name}, device {device.type}" + ("" if device.type == "cuda" else
                                                                         " (CPU run: no GPU was used)"))
