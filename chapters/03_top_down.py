@@ -498,7 +498,7 @@ for name, what in (("demo_from_scratch", "from random weights (the first demo)")
     steps = m.get("iterations") or record["config"].get("step", "")
     rows.append(f"| {what} | {steps} | " + " | ".join(percent(m.get(k)) for k in ("mIoU", "APp50", "APpvol", "PCP50"))
                 + f" | `results/cpu/parsing_rcnn/{name}.json` |")
-rows.append("| the issue's target for the demo | | " + " | ".join(f"{100 * TARGET[k]:.0f}" for k in TARGET) + " | | |")
+rows.append("| the laptop recipe's target | | " + " | ".join(f"{100 * TARGET[k]:.0f}" for k in TARGET) + " | | |")
 display(MarkdownTables("`hparse demo` at the cpu profile on SynthCrowd (%):\n\n" + "\n".join(rows)
                        + "\n\nReproduce: `hparse demo --profile cpu` (add `--record parsing_rcnn/demo` to write "
                        "the record)"))
