@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -196,18 +196,13 @@ def ladder_records(rungs: Sequence[str], profile, *, run_missing: bool = True, i
     seeds = tuple(seeds or ((0, 1) if profile.name == "smoke" else SEEDS))
     out_root = Path(tempfile.mkdtemp(prefix="hparse_ladder_"))
     root = out_root / "results" if profile.name == "smoke" else None
-    with _results_root(root) if root is not None else _nothing():
+    with _results_root(root) if root is not None else nullcontext():
         ladder(profile, device, seeds=seeds, iterations=iterations, rungs=tuple(rungs), out_root=out_root / "runs")
         records = {r: load_result(n, profile.name) for r, n in names.items()}
         artefacts = {r: saved_artefacts("parsing_rcnn", r, (profile.name,), root=root) for r in rungs}
     log_dirs = {r: run_folder(out_root / "runs", profile, r, seeds[0]) for r in rungs}
     return {"records": records, "source": "run", "profile": profile.name, "log_dirs": log_dirs,
             "artefacts": artefacts}
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def percent(value: float | None) -> str:
