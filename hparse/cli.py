@@ -555,7 +555,7 @@ def _train_run(args, profile, *, iterations, out_dir, record, quiet=False, recip
     torch.manual_seed(args.seed)
     try:
         model = build_model(args.model, num_classes=train_set.labels.num_classes, **model_cfg)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError) as err:  # FileNotFoundError: a missing starting point
         raise UserError(str(err)) from None
     if not quiet:
         print(f"training {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images, "
