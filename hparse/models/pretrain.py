@@ -120,7 +120,8 @@ def load_pretrained(body: nn.Module, name: str, architecture: dict) -> None:
                          f"width={expected['width']}, fpn_channels={expected['fpn_channels']}; got {what}")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: hparse ships it with the package; recreate it with "
-                                f"`hparse pretrain --profile cpu` (see hparse.models.pretrain)")
+                                f"`hparse pretrain --profile cpu --install` (about an hour on 2 cores; see "
+                                f"hparse.models.pretrain)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     body.load_state_dict(state)
