@@ -221,7 +221,9 @@ def pretrain_recipe(profile: Profile) -> dict[str, dict]:
     The architecture is the one the ``synthcrowd`` weights fix (ResNet-18, base width 24, 64-channel FPN); images
     are the cpu profile's (192 pixels, up to 5 people) drawn from the train split at
     :data:`~hparse.models.pretrain.PRETRAIN_SEED`, a seed no other recipe uses; AdamW with a cosine schedule and the
-    flip augmentation. The gpu profile runs the cpu one (the papers' gpu runs start from ImageNet weights instead).
+    flip augmentation, every pyramid level supervised on its own (``supervision="per_level"``, see
+    :mod:`hparse.models.pretrain`). The gpu profile runs the cpu one (the papers' gpu runs start from ImageNet
+    weights instead).
     """
     from .models.pretrain import PRETRAIN_SEED, PRETRAINED
 
@@ -229,7 +231,7 @@ def pretrain_recipe(profile: Profile) -> dict[str, dict]:
     iterations = sizes["iterations"]
     architecture = dict(PRETRAINED["synthcrowd"][1])
     return {
-        "model": architecture,
+        "model": {**architecture, "supervision": "per_level"},
         "train": dict(iterations=iterations, batch_size=sizes["batch_size"], optimizer="adamw", lr=3e-3,
                       weight_decay=1e-4, warmup=warmup_steps(iterations, cap=200), schedule="cosine", clip_grad=10.0,
                       eval_every=0, num_workers=0, checkpoint_every=500),

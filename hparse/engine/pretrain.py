@@ -39,14 +39,15 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
     plan = pretrain_recipe(profile)
     if iterations is not None:
         plan = with_iterations(plan, iterations)
-    data, train_cfg, architecture = plan["data"], plan["train"], plan["model"]
+    data, train_cfg, model_cfg = plan["data"], plan["train"], plan["model"]
+    architecture = {k: v for k, v in model_cfg.items() if k != "supervision"}  # what the weights file fixes
     device = get_device(device)
     common = dict(image_size=data["image_size"], min_people=1, max_people=data["max_people"], seed=data["seed"])
     train_set = SynthCrowd("train", data["train_images"], **common)
     val_set = SynthCrowd("val", data["val_images"], **common)
     seed_everything(seed)
-    model = SemanticPretrainer(train_set.labels.num_classes, **architecture)
-    config = {"model": {"name": "semantic_pretrainer", **architecture}, "train": train_cfg, "data": data,
+    model = SemanticPretrainer(train_set.labels.num_classes, **model_cfg)
+    config = {"model": {"name": "semantic_pretrainer", **model_cfg}, "train": train_cfg, "data": data,
               "seed": seed}
     summary = train(model, train_set, out_dir=out_dir, seed=seed, device=device, progress=progress, config=config,
                     **train_cfg)
