@@ -65,8 +65,11 @@ LAPTOP: dict[str, Any] = dict(
 
 
 def _laptop(model: dict, train: dict) -> None:
-    """Apply :data:`LAPTOP` to a cpu-profile recipe (in place)."""
-    model.update(LAPTOP["model"])
+    """Apply :data:`LAPTOP` to a cpu-profile recipe (in place), the starting point pinned to the file shipped now
+    (``"synthcrowd@<digest>"``, :func:`hparse.models.pretrain.pinned`)."""
+    from .models.pretrain import pinned
+
+    model.update(LAPTOP["model"], backbone_weights=pinned(LAPTOP["model"]["backbone_weights"]))
     train.update(LAPTOP["train"])
 
 

@@ -151,3 +151,17 @@ def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp
     plain = tmp_path / "smoke" / "plain"
     assert not list(plain.glob("seed[01]")) and (plain / "seed2").exists()
     assert third["plain"]["seeds"] == [0, 1, 2] and len(third["plain"]["per_seed"]) == 3
+
+
+def test_recipes_pin_the_shipped_starting_point():
+    """A cpu recipe names the file it starts from (name@digest); a config pinned to another file fails to build
+    with a message saying so, instead of silently loading the file shipped now."""
+    from hparse.models.pretrain import pinned, split_pinned, weights_digest
+
+    plan = recipe("parsing_rcnn", get_profile("cpu"))
+    name, digest = split_pinned(plan["model"]["backbone_weights"])
+    assert name == "synthcrowd" and digest == weights_digest("synthcrowd") and len(digest) == 12
+    assert pinned("synthcrowd") == plan["model"]["backbone_weights"]
+    build_resnet_fpn("resnet18", plan["model"]["backbone_weights"], width=24, fpn_channels=64)  # loads
+    with pytest.raises(ValueError, match="another 'synthcrowd' file"):
+        build_resnet_fpn("resnet18", "synthcrowd@000000000000", width=24, fpn_channels=64)

@@ -80,10 +80,10 @@ def narrow_resnet(name: str, width: int, norm_layer) -> resnet.ResNet:
     return _ResNet(block, layers, width, norm_layer)
 
 
-def _hparse_weights() -> tuple[str, ...]:
-    from .pretrain import PRETRAINED
+def _is_hparse_weights(spec) -> bool:
+    from .pretrain import is_hparse_weights
 
-    return tuple(PRETRAINED)
+    return is_hparse_weights(spec)
 
 
 def build_resnet_fpn(
@@ -121,7 +121,7 @@ def build_resnet_fpn(
     if name not in RESNET_DEPTHS:
         raise ValueError(f"backbone must be one of {', '.join(RESNET_DEPTHS)}, got {backbone!r}")
     pretrained = backbone_weights is not None
-    if pretrained and backbone_weights in _hparse_weights():
+    if pretrained and _is_hparse_weights(backbone_weights):
         # hparse's own starting point (hparse.models.pretrain): built at its width, then loaded from the shipped file.
         from .pretrain import load_pretrained
 

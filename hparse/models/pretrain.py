@@ -39,7 +39,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import FPN_LEVELS, build_resnet_fpn
 
 __all__ = ["SemanticPretrainer", "PRETRAINED", "PRETRAIN_SEED", "pretrained_path", "load_pretrained",
-           "save_pretrained"]
+           "save_pretrained", "weights_digest", "pinned", "split_pinned"]
 
 SUPERVISION = ("per_level", "summed")
 PRETRAIN_SEED = 1_000  # SynthCrowd seed of the pretraining images: no recipe trains or evaluates on it
@@ -100,8 +100,39 @@ class SemanticPretrainer(nn.Module):
         return [{"semantic": lab} for lab in sum(levels).argmax(1)]
 
 
+def split_pinned(spec: str) -> tuple[str, str | None]:
+    """``"synthcrowd@1a2b3c4d5e6f"`` -> ``("synthcrowd", "1a2b3c4d5e6f")``; a bare name -> ``(name, None)``."""
+    name, _, digest = str(spec).partition("@")
+    return name, digest or None
+
+
+def is_hparse_weights(spec) -> bool:
+    """Whether ``spec`` names shipped weights (``"synthcrowd"`` or its pinned form ``"synthcrowd@<digest>"``)."""
+    return isinstance(spec, str) and split_pinned(spec)[0] in PRETRAINED
+
+
+def weights_digest(name: str) -> str | None:
+    """The first 12 hex digits of the SHA-256 of the shipped file ``name`` (``None`` when the file is missing)."""
+    import hashlib
+
+    path = pretrained_path(split_pinned(name)[0])
+    if not path.exists():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def pinned(name: str) -> str:
+    """``name@<digest of the file shipped now>``: what the recipes write, so that a run's config says which file it
+    started from. A record or checkpoint made on another file then differs in ``backbone_weights`` (the results
+    policy and the resume check refuse to mix them), and building a model from an old config fails with a message
+    instead of silently loading the new file. Without the file, the bare name (loading then says how to make it)."""
+    digest = weights_digest(name)
+    return f"{split_pinned(name)[0]}@{digest}" if digest else split_pinned(name)[0]
+
+
 def pretrained_path(name: str) -> Path:
-    """The file of the shipped weights ``name`` (a key of :data:`PRETRAINED`)."""
+    """The file of the shipped weights ``name`` (a key of :data:`PRETRAINED`, optionally pinned ``name@digest``)."""
+    name = split_pinned(name)[0]
     if name not in PRETRAINED:
         raise ValueError(f"unknown hparse weights {name!r}; available: {', '.join(PRETRAINED)}")
     return WEIGHTS_DIR / PRETRAINED[name][0]
@@ -122,10 +153,14 @@ def save_pretrained(model: SemanticPretrainer, path: str | Path, architecture: d
 def load_pretrained(body: nn.Module, name: str, architecture: dict) -> None:
     """Load the shipped weights ``name`` into a ResNet-FPN built with ``architecture`` (checked against the file's).
 
+    ``name`` may be pinned (``"synthcrowd@<digest>"``, :func:`pinned`): the file must then be that one.
+
     Raises:
-        ValueError: unknown name, or an architecture other than the one the weights were trained with.
+        ValueError: unknown name, an architecture other than the one the weights were trained with, or a pinned
+            digest that is not the shipped file's.
         FileNotFoundError: the weights file is missing (the message says how to make it).
     """
+    name, digest = split_pinned(name)
     path = pretrained_path(name)
     expected = PRETRAINED[name][1]
     differ = {k: (v, architecture.get(k)) for k, v in expected.items() if architecture.get(k) != v}
@@ -137,6 +172,10 @@ def load_pretrained(body: nn.Module, name: str, architecture: dict) -> None:
         raise FileNotFoundError(f"{path} is missing: hparse ships it with the package; recreate it with "
                                 f"`hparse pretrain --profile cpu --install` (about an hour on 2 cores; see "
                                 f"hparse.models.pretrain)")
+    if digest is not None and weights_digest(name) != digest:
+        raise ValueError(f"backbone_weights={name}@{digest}: the run was made from another {name!r} file than the one "
+                         f"shipped now ({path.name} is {name}@{weights_digest(name)}); rebuild it from its recipe "
+                         f"(hparse.recipes pins the current file) or restore that file from the run's git commit")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     body.load_state_dict(state)
