@@ -655,9 +655,12 @@ def _cmd_pretrain(args) -> int:
     profile = _profile(args)
     out_dir = args.out or Path("runs") / f"pretrain_{profile.name}"
     _check_out_dir(out_dir)
-    result = pretrain_backbone(profile, out_dir, iterations=args.iterations, seed=args.seed,
-                               device=_device(args.device), install=args.install, record=args.record,
-                               force=args.force)
+    try:
+        result = pretrain_backbone(profile, out_dir, iterations=args.iterations, seed=args.seed,
+                                   device=_device(args.device), install=args.install, record=args.record,
+                                   force=args.force, stages=tuple(args.stages), init=args.init)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
     summary = result["summary"]
     print(f"pretrained {summary['step']} steps in {summary['wall_time_s']:.0f} s; SynthCrowd val part mIoU "
           f"{result['metrics']['mIoU']:.4f}")
@@ -874,6 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--iterations", type=_positive_int, default=None,
                           help="optimiser steps (default: hparse.recipes.pretrain_recipe's)")
     pretrain.add_argument("--out", type=Path, default=None, help="run folder (default: runs/pretrain_<profile>)")
+    pretrain.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=(1, 2),
+                          help="pretraining stages to run (default: 1 2; see hparse.recipes.pretrain_recipe)")
+    pretrain.add_argument("--init", type=Path, default=None,
+                          help="backbone.pt the first stage run starts from (default: the stage before's, in --out)")
     pretrain.add_argument("--seed", type=_nonnegative_int, default=0)
     pretrain.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pretrain.add_argument("--install", action="store_true",

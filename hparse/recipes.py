@@ -211,35 +211,43 @@ def demo_recipe(profile: Profile) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------- pretraining
 
 
-# The pretraining run that made the shipped `synthcrowd` weights is the cpu one; smoke is the same for 4 steps (CI).
+# The pretraining that made the shipped `synthcrowd` weights is the cpu one; smoke is the same for 4 steps (CI).
+# Two stages: the summed-logit loss from random weights (the first shipped file, 6000 steps), then every level
+# supervised on its own, fine-tuned from it (see pretrain_recipe).
 _PRETRAIN = {
-    "cpu": dict(image_size=192, max_people=5, iterations=6000, batch_size=8),
-    "smoke": dict(image_size=96, max_people=3, iterations=4, batch_size=2),
+    "cpu": dict(image_size=192, max_people=5, batch_size=8, stages={1: (6000, 3e-3), 2: (1500, 1e-3)}),
+    "smoke": dict(image_size=96, max_people=3, batch_size=2, stages={1: (4, 3e-3), 2: (4, 1e-3)}),
 }
+PRETRAIN_STAGES = {1: "summed", 2: "per_level"}
 
 
-def pretrain_recipe(profile: Profile) -> dict[str, dict]:
-    """``hparse pretrain``: the backbone's SynthCrowd starting point (:mod:`hparse.models.pretrain`).
+def pretrain_recipe(profile: Profile, stage: int = 2) -> dict[str, dict]:
+    """``hparse pretrain``: the backbone's SynthCrowd starting point (:mod:`hparse.models.pretrain`), one stage.
 
     The architecture is the one the ``synthcrowd`` weights fix (ResNet-18, base width 24, 64-channel FPN); images
     are the cpu profile's (192 pixels, up to 5 people) drawn from the train split at
     :data:`~hparse.models.pretrain.PRETRAIN_SEED`, a seed no other recipe uses; AdamW with a cosine schedule and the
-    flip augmentation, every pyramid level supervised on its own (``supervision="per_level"``, see
-    :mod:`hparse.models.pretrain`). The gpu profile runs the cpu one (the papers' gpu runs start from ImageNet
-    weights instead).
+    flip augmentation. **Stage 1** (6000 steps of 8 images, lr 3e-3, from random weights) trains the summed logits of
+    the levels (``supervision="summed"``); **stage 2** (1500 steps, lr 1e-3) starts from stage 1's weights and
+    supervises every pyramid level on its own (``"per_level"``), so that P2 alone, which Parsing R-CNN's parsing
+    branch reads, carries the part labels. The shipped file is stage 2's. The gpu profile runs the cpu one (the
+    papers' gpu runs start from ImageNet weights instead).
     """
     from .models.pretrain import PRETRAIN_SEED, PRETRAINED
 
+    if stage not in PRETRAIN_STAGES:
+        raise ValueError(f"pretraining stage must be one of {sorted(PRETRAIN_STAGES)}, got {stage!r}")
     sizes = _PRETRAIN.get(profile.name, _PRETRAIN["cpu"])
-    iterations = sizes["iterations"]
+    iterations, lr = sizes["stages"][stage]
     architecture = dict(PRETRAINED["synthcrowd"][1])
     return {
-        "model": {**architecture, "supervision": "per_level"},
-        "train": dict(iterations=iterations, batch_size=sizes["batch_size"], optimizer="adamw", lr=3e-3,
+        "model": {**architecture, "supervision": PRETRAIN_STAGES[stage]},
+        "train": dict(iterations=iterations, batch_size=sizes["batch_size"], optimizer="adamw", lr=lr,
                       weight_decay=1e-4, warmup=warmup_steps(iterations, cap=200), schedule="cosine", clip_grad=10.0,
                       eval_every=0, num_workers=0, checkpoint_every=500),
         "data": dict(image_size=sizes["image_size"], max_people=sizes["max_people"], train_images=200_000,
                      val_images=100, seed=PRETRAIN_SEED),
+        "stage": stage,
     }
 
 

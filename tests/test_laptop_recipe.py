@@ -165,3 +165,34 @@ def test_recipes_pin_the_shipped_starting_point():
     build_resnet_fpn("resnet18", plan["model"]["backbone_weights"], width=24, fpn_channels=64)  # loads
     with pytest.raises(ValueError, match="another 'synthcrowd' file"):
         build_resnet_fpn("resnet18", "synthcrowd@000000000000", width=24, fpn_channels=64)
+
+
+def test_pretraining_stages_chain_and_supervise_each_level(tmp_path):
+    """Stage 2 starts from stage 1's weights (``init``), its loss supervises every level on its own, and the
+    command's weights are the last stage's; a stage asked to start from a missing file says which one."""
+    from hparse.engine.pretrain import pretrain_backbone
+    from hparse.recipes import pretrain_recipe
+
+    assert pretrain_recipe(get_profile("cpu"), 1)["model"]["supervision"] == "summed"
+    assert pretrain_recipe(get_profile("cpu"), 2)["model"]["supervision"] == "per_level"
+    with pytest.raises(ValueError, match="stage"):
+        pretrain_recipe(get_profile("cpu"), 3)
+    out = pretrain_backbone(get_profile("smoke"), tmp_path, iterations=1, progress=False)
+    assert out["weights"] == [str(tmp_path / "stage2" / "backbone.pt")]
+    blob = torch.load(tmp_path / "stage2" / "backbone.pt", weights_only=True)
+    assert [s["stage"] for s in blob["provenance"]["stages"]] == [1, 2]
+    assert blob["provenance"]["stages"][1]["init"] == str(tmp_path / "stage1" / "backbone.pt")
+    with pytest.raises(FileNotFoundError, match="stage1"):
+        pretrain_backbone(get_profile("smoke"), tmp_path / "other", iterations=1, stages=(2,), progress=False)
+
+    # per-level loss: the mean of one cross-entropy per level, not the cross-entropy of their sum
+    torch.manual_seed(0)
+    model = SemanticPretrainer(20, width=8, fpn_channels=16).train()
+    sample = SynthCrowd("train", 1, 64, max_people=2)[0]
+    per_level = model([sample["image"]], [sample])["loss_semantic"]
+    levels = model.level_logits(sample["image"][None])
+    expected = sum(torch.nn.functional.cross_entropy(x, sample["semantic"][None], ignore_index=255)
+                   for x in levels) / len(levels)
+    assert torch.allclose(per_level, expected, atol=1e-5)
+    model.supervision = "summed"
+    assert not torch.allclose(model([sample["image"]], [sample])["loss_semantic"], per_level)
