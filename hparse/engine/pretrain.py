@@ -2,8 +2,9 @@
 
 Trains :class:`~hparse.models.pretrain.SemanticPretrainer` with :func:`hparse.engine.train` (checkpoints, exact
 resume, log) in the stages of :func:`hparse.recipes.pretrain_recipe`, each starting from the one before, scores its
-part mIoU on SynthCrowd val, and writes the ResNet-FPN in float16 with its provenance (the stages included). ``install=True`` writes it where ``backbone_weights="synthcrowd"`` reads
-it (``hparse/weights/``), which is how the shipped file was made.
+part mIoU on SynthCrowd val, and writes the ResNet-FPN in float16 with its provenance (the stages included).
+``install=True`` writes it where ``backbone_weights="synthcrowd"`` reads it (``hparse/weights/``), which is how the
+shipped file was made.
 """
 
 from __future__ import annotations
