@@ -52,6 +52,7 @@ from hparse.engine import find_results, get_device, get_profile, seed_everything
 from hparse.metrics import ParsingEvaluator
 from hparse.ops import InstanceCRF, crf_prediction, hungarian_matched_loss, instance_crf
 from hparse.ops.instance_crf import (
+    _ExactMessages,
     boxes_to_masks,
     crf_channel,
     crf_instances,
@@ -170,13 +171,14 @@ fig.tight_layout()
 # towards the labels of its look-alike neighbours. Every label keeps its own messages: a pixel of *(person 2,
 # face)* is supported only by nearby pixels that are also *(person 2, face)*. The widths $\theta_\alpha = 49$,
 # $\theta_\beta = 5$, $\theta_\gamma = 3$ come from the authors' released Instance-CRF model. So do the weights 4
-# and 3, which there multiply *normalised* kernels; `hparse` keeps the plain sums by default and divides the
-# weights by a kernel's mass in a uniform region, $2\pi\theta^2 - 1$ (`default_pairwise_weights`). Drag the slider
-# to step through the iterations (live kernel only); the strip below shows the same steps for the static page.
+# and 3, which there multiply *normalised* kernels: each message is divided by the pixel's kernel mass
+# $\sum_{m\ne k} k(k,m)$, i.e. it is a Gaussian-weighted average of the neighbours' $Q$. `hparse` does the same by
+# default (`normalize=True`). Drag the slider to step through the iterations (live kernel only); the strip below
+# shows the same steps for the static page.
 
 # %%
-w_app, w_smooth = default_pairwise_weights(normalize=False)
-print(f"default pairwise weights (unnormalised kernels): w_app = {w_app:.3g}, w_smooth = {w_smooth:.3g}")
+w_app, w_smooth = default_pairwise_weights(normalize=True)
+print(f"default pairwise weights (normalised kernels): w_app = {w_app:.3g}, w_smooth = {w_smooth:.3g}")
 steps = [instance_crf(Q, boxes, scores, image, iters=t) for t in range(MEAN_FIELD_STEPS + 1)]
 step_labels = [p.argmax(0) for p in steps]
 changed = [0] + [int((step_labels[t] != step_labels[t - 1]).sum()) for t in range(1, len(steps))]
@@ -198,6 +200,32 @@ print("pixels whose label changed at each iteration:", changed[1:])
 # %% [markdown]
 # Most changes come in the first iterations; the paper unrolls a fixed small number (the released model uses 3,
 # `hparse` defaults to 5).
+#
+# **Why normalise.** The plain sum $\sum_{m\ne k} k(k,m)\,Q_m(l)$ grows with the number of look-alike neighbours a
+# pixel has. Scaled so that it matches the released message in a uniform region reaching $\sim 3\theta_\alpha =
+# 150$ px in every direction (weight $4 / (2\pi\theta_\alpha^2 - 1)$), it is only a few percent of it on an image
+# this small: the appearance kernel all but vanishes and the pairwise term becomes pure smoothing. The total
+# appearance message weight $w_\text{app}\sum_{m\ne k} k_\text{app}(k,m)$ each pixel of this image receives:
+
+# %%
+crop = image[:, :48, :48]  # the exact kernels are N x N: a 48 x 48 crop
+ones = torch.ones(1, *crop.shape[1:])
+mass = {}
+for normalize in (True, False):
+    w_a, _ = default_pairwise_weights(normalize)
+    app_msg, _ = _ExactMessages(crop, 49.0, 5.0, 3.0, normalize, torch.float64)(ones.double())
+    mass[normalize] = (w_a * app_msg[0]).float()
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+for ax, (normalize, m) in zip(axes, mass.items()):
+    im = ax.imshow(m.numpy(), cmap="viridis")
+    ax.set_title(f"normalize={normalize}: median {float(m.median()):.3g}", fontsize=9)
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+fig.tight_layout()
+print(f"unnormalised appearance message at the median pixel: {100 * float(mass[False].median() / 4.0):.1f}% of the "
+      "released (normalised) one")
+
+# %% [markdown]
 #
 # ## Fig. 4, first row: a truncated box
 #
@@ -301,10 +329,11 @@ else:
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
-# The default (unnormalised) form is close to exact at every stride. The normalised form (the released layers'
-# choice, `normalize=True`) divides by $\sum_{m\ne k} k(k,m)$. For a pixel whose colour is rare in the image, that
-# sum is tiny and the message is an average over a handful of neighbours, so the few pixels where the cloud summary
-# is off change visibly. Here is the same comparison, computed now on a 48×48 SynthCrowd image:
+# The unnormalised form looks close to exact at every stride, but mostly because its appearance message is tiny
+# (above). The normalised form (the default) divides by $\sum_{m\ne k} k(k,m)$. For a pixel whose colour is rare in
+# the image, that sum is small and the message is an average over a handful of neighbours, so the few pixels
+# where the cloud summary is off change visibly. Here is the same comparison, computed now on a 48×48 SynthCrowd
+# image:
 
 # %%
 small = SynthCrowd(split="val", num_images=1, image_size=48, min_people=3, max_people=3, crowding=0.5, seed=1)[0]
@@ -325,12 +354,17 @@ for normalize in (False, True):
 # ## Learning the weights: the permutation-invariant loss
 #
 # Detections come in no particular order, so "person 2" of the prediction need not be person 2 of the ground
-# truth. The paper matches before it compares (§3.3, Eq. 4): ground-truth segments (person, part) are assigned to
-# predicted segments (detection, part) by maximum total IoU with the Hungarian algorithm (segments of different
-# parts have IoU 0), the ground truth is relabelled accordingly, and then the cross-entropy is taken, over the $K$
-# hardest pixels only (online hard example mining; the paper uses $K = 2^{15}$, about 12% of a full-resolution
-# image, so we keep 12%). A ground-truth segment that no prediction overlaps becomes background: it has no
-# detection to belong to, and giving it to another person would cost that person precision.
+# truth. The paper matches before it compares (§3.3, Eq. 4): the ground truth is the permutation of its *instance
+# identities* that best overlaps the prediction. `match_segments` assigns ground-truth persons to detections with
+# the Hungarian algorithm by the IoU of their person masks; then every part $j$ of a person matched to detection
+# $i$ becomes the target $(i, j)$, whatever part the network predicted there. So a detected person's hair that the
+# network calls face is taught to be *that person's hair*, and a person split over two detections is reunited on
+# the one that overlaps it most. Only a person that no detection takes (no overlapping prediction, nor, when the
+# boxes are given, a box covering it) becomes background: it has no detection to belong to, and giving it to
+# another person would cost that person precision. The cross-entropy is then taken over the $K$ hardest pixels
+# only (online hard example mining; the paper uses $K = 2^{15}$, about 12% of a full-resolution image, so we keep
+# 12%). (Matching each (person, part) segment on its own, `level="segment"`, would send the mislabelled hair to
+# background and keep the split person split.)
 
 # %% [markdown]
 # ```{literalinclude} ../hparse/ops/instance_crf.py
@@ -475,10 +509,10 @@ display(Markdown("Ours (SynthCrowd val, simulated inputs, this run; means over t
 #
 # 1. Scale the kernel widths with the image (e.g. $\theta_\alpha = 49 \cdot S/500$, $\theta_\gamma = 3 \cdot
 #    S/500$ for an $S$-pixel image) and repeat the ablation. Does the pairwise term start to help small parts?
-# 2. Train with `normalize=True` (the released layers' normalised kernels, weights 4 and 3) instead of the
+# 2. Train with `normalize=False` (plain kernel sums, weights divided by $2\pi\theta^2 - 1$) instead of the
 #    default. Which weights does training move, and how do the learned CRFs compare?
-# 3. Replace `level="segment"` by `level="person"` in `hungarian_matched_loss`, so that all parts of a person
-#    follow one detection. When do the two matchings differ, and does it change what the weights learn?
+# 3. Pass `level="segment"` to `hungarian_matched_loss`, so that each (person, part) segment is matched on its
+#    own. When do the two matchings differ, and does it change what the weights learn?
 # 4. Truncate the box from the side instead of from below (edit `boxes` directly). Why does the pairwise term
 #    carry the person's label across the box edge better now? (Hint: Potts messages are label-specific.)
 # 5. Time `method="fast"` with `app_max_keys` = 512, 2048 and 8192 at 256×256 and plot time against the

@@ -28,16 +28,18 @@ Choices where the paper is vague (written down once here):
   ``exp(-|p_k - p_m|²/2θγ²)`` with positions in pixels and colours in 0–255 units. Potts compatibility turns
   the mean-field update into ``Q_k(l) ∝ exp(-U_k(l) + Σ_{m≠k} [w_app k_app + w_smooth k_smooth](k, m) Q_m(l))``
   (the label-independent constant of the Potts penalty cancels in the softmax).
-- *Normalisation.* ``normalize=False`` (default) is the plain sum above. ``normalize=True`` divides each kernel's
-  sum by ``Σ_{m≠k} k(k, m)``, as the authors' released layers do (a Gaussian-weighted average of the neighbours).
-  Their lattice filters also count the pixel itself in both sums; we keep the m ≠ k of the message in both.
+- *Normalisation* (default ``normalize=True``, the released layers' form): each kernel's message is divided by
+  the pixel's kernel mass ``Σ_{m≠k} k(k, m)``, i.e. it is a Gaussian-weighted *average* of the neighbours' Q, so
+  its size does not depend on how many neighbours a pixel has. The released lattice filters also count the pixel
+  itself in both sums; we keep the m ≠ k of the message in both. ``normalize=False`` is the plain sum above.
 - *Defaults.* θα = 49, θβ = 5, θγ = 3 and the kernel weights 4 (appearance) and 3 (smoothness) are those of the
-  authors' released Instance-CRF model (DIN, CVPR 2017; ``din.prototxt``), which uses normalised kernels. For the
-  unnormalised default those weights would be multiplied by each kernel's mass (≈ 2πθ² neighbours), so they are
-  divided by the mass a pixel sees inside a uniform region, ``2πθ² - 1``: in a uniform region both forms then give
-  the same message (on small images the appearance kernel's actual mass is far below that; see the end of
-  this docstring). ``w_box = w_global = 1`` are the released initial values of the two unary weights.
-  Scores enter as given; :func:`squash_detection_scores` is the released layer's ``sigmoid(2s - 1)``.
+  authors' released Instance-CRF model (DIN, CVPR 2017; ``din.prototxt``), which multiplies normalised kernels.
+  For ``normalize=False`` those weights are divided by the mass a pixel sees inside a uniform region, ``2πθ² - 1``
+  (:func:`default_pairwise_weights`), so that both forms send the same message there, and only there: on small
+  images the appearance kernel's actual mass is far below 2πθα² (see the end of this docstring), so the
+  unnormalised appearance message shrinks to a few percent of the released one. ``w_box = w_global = 1`` are the
+  released initial values of the two unary weights. Scores enter as given; :func:`squash_detection_scores` is the
+  released layer's ``sigmoid(2s - 1)``.
 - *Box-term-only ablation* (``global_term=False``; Tab. 1 "box term only", the model of Arnab & Torr): the person
   labels lose their global term but the background keeps ``w_global Q_k(0)`` — with ``ψBox(0, 0) = 0`` it would
   otherwise have no potential at all; the released box layer gives the background its own channel in the same way.
@@ -61,32 +63,28 @@ Two ways to compute the pairwise messages (``method``):
   cost on CPUs). ``app_stride=1`` is exact; by default the stride is the smallest whose clouds fit in
   ``app_max_keys`` = 2048 keys (stride 2 at 64×64, 16 at 512×512). Cost: N × keys × (D·P) per iteration.
   Measured against ``"exact"`` by ``hparse/benchmarks/instance_crf.py`` (a 64×64 SynthCrowd val image, D = 3,
-  P = 19, 5 iterations, float32, CPU; ``results/cpu/bench/instance_crf.json``): with the default unnormalised
-  kernels max |ΔQ| is 8e-5 at stride 1 (the smoothness truncation), 3.8e-4 at stride 2 (the default there),
-  9.4e-4 at stride 4 and 5.1e-3 at stride 8, and no pixel changes its arg-max label up to stride 4 (0.02% at 8).
-  With ``normalize=True``: 7e-5 at stride 1, but 0.15, 0.27 and 0.43 at strides 2, 4 and 8 on a few pixels (mean
-  |ΔQ| at most 4e-4; the arg-max label differs at 0.17%, 0.49% and 0.90% of the pixels).
+  P = 19, 5 iterations, float32, CPU; ``results/cpu/bench/instance_crf.json``): with normalised kernels (the
+  default) max |ΔQ| is 7e-5 at stride 1 (the smoothness truncation), but 0.15, 0.27 and 0.43 at strides 2, 4
+  and 8 on a few pixels (mean |ΔQ| at most 4e-4; the arg-max label differs at 0.17%, 0.49% and 0.90% of the
+  pixels); with ``normalize=False``: 8e-5, 3.8e-4, 9.4e-4 and 5.1e-3, and no arg-max change up to stride 4.
   Where it errs: pixels whose colour has few matches, as their few neighbours share a cloud with unlike pixels;
-  with ``normalize=True`` such a pixel's message is an average over very few neighbours, so it is far more
-  sensitive there than the default unnormalised form. Appearance features are large (colour / θβ spans ±25),
-  so the appearance path always runs in float32 or wider.
-  *Error relative to the appearance term's own effect.* The small unnormalised error partly reflects how little
-  the appearance term does there. On the same image and inputs (exact path, 5 iterations, float32), switching
-  the appearance term off (``w_app=0``) changes Q by max 0.050 and mean 5.3e-4 and flips 0.10% of the arg-max
-  labels with the default unnormalised weights; with ``normalize=True`` it changes Q by max 0.91 and mean 1.3e-2
-  and flips 4.5% of them. Against that, the default-stride fast error is about 0.8% (max) and 0.5% (mean) of the
-  appearance effect unnormalised, and 17% (max), 0.6% (mean) and 0.17% vs 4.5% flipped labels normalised: the
-  fast path keeps the appearance term's effect on average, but a few pixels get a noticeably wrong message.
-  *The default appearance weight is small on small images.* The unnormalised default ``w_app = 4/(2πθα² - 1)``
-  (≈ 2.7e-4) assumes a pixel whose appearance neighbourhood is all of its colour (within θβ) and reaches ~3θα
-  (≈ 150 px) in every direction inside the image, so that ``Σ_{m≠k} k_app(k, m) = 2πθα² - 1`` ≈ 15085. On the
-  64×64 image above that sum (from the exact kernel) has median 254 (10th-90th percentile 7-618; even a flat
-  64×64 image reaches only 2490-3570), so the appearance message is ~1.7% of the normalised form's at the median
-  pixel; the smoothness kernel (θγ = 3) gets its full mass 2πθγ² - 1 ≈ 55.5 away from the border, so its
-  default is faithful. With the default weights the total message weight a pixel receives there is ~0.07 from
-  the appearance kernel against ~3 from smoothness, so the pairwise term is almost pure smoothing (e.g. it is
-  smoothness that carries a truncated person's identity out of its box). On small images or crops, use
-  ``normalize=True`` or a larger ``w_app`` (which :class:`InstanceCRF` learns).
+  normalised, such a pixel's message is an average over very few neighbours, so it is far more sensitive there
+  than the plain sum. Appearance features are large (colour / θβ spans ±25), so the appearance path always runs
+  in float32 or wider.
+  *Error relative to the appearance term's own effect.* On the same image and inputs (exact path, 5
+  iterations), switching the appearance term off (``w_app=0``) changes Q by max 0.91 and mean 1.3e-2 and flips
+  4.5% of the arg-max labels with normalised kernels; the default-stride fast error is 17% (max), 0.6% (mean)
+  and 0.17% vs 4.5% flipped labels of that: the fast path keeps the appearance term's effect on average, but a
+  few pixels get a noticeably wrong message. Unnormalised, the appearance term does almost nothing there (max
+  0.050, 0.10% of labels flipped), which is why the plain sum looks so accurate.
+  *Why the plain sum is not the default.* Its weight ``w_app = 4/(2πθα² - 1)`` (≈ 2.7e-4) assumes a pixel whose
+  appearance neighbourhood is all of its colour (within θβ) and reaches ~3θα (≈ 150 px) in every direction inside
+  the image, so that ``Σ_{m≠k} k_app(k, m) = 2πθα² - 1`` ≈ 15085. On the 64×64 image above that sum (from the
+  exact kernel) has median 254 (10th-90th percentile 7-618; even a flat 64×64 image reaches only 2490-3570), so
+  the unnormalised appearance message is ~1.7% of the released model's at the median pixel, while the smoothness
+  kernel (θγ = 3) gets its full mass 2πθγ² - 1 ≈ 55.5 away from the border: the pairwise term degenerates into
+  pure smoothing. The normalised form gives every pixel the released weights whatever its neighbourhood
+  (``tests/test_instance_crf.py::test_normalised_kernels_do_not_depend_on_kernel_mass``).
 """
 
 from __future__ import annotations
@@ -618,7 +616,7 @@ def instance_crf(
     theta_alpha: float = THETA_ALPHA,
     theta_beta: float = THETA_BETA,
     theta_gamma: float = THETA_GAMMA,
-    normalize: bool = False,
+    normalize: bool = True,
     method: str = "fast",
     box_term: bool = True,
     global_term: bool = True,
@@ -700,8 +698,10 @@ class InstanceCRF(nn.Module):
     The weights ``w_box``, ``w_global`` (unary, Eq. 1) and ``w_app``, ``w_smooth`` (pairwise kernels) start at
     the released values (:func:`default_pairwise_weights`) and are stored as their logarithms (``log_w_box``, ...):
     they stay positive — the unary weights sit inside a log, and a negative Potts weight would reward label changes
-    — and one optimiser step changes each by the same *relative* amount, although their defaults span four orders
-    of magnitude (1 for the unary weights, 2.7e-4 for the unnormalised appearance kernel). To switch a term off,
+    — and one optimiser step changes each by the same *relative* amount, although their defaults may span four
+    orders of magnitude (1 for the unary weights, 2.7e-4 for the unnormalised appearance kernel). The released
+    model trains them at 10x the network's learning rate; ``weight_scale`` does that for any optimiser that is
+    invariant to a gradient's scale (Adam): the parameter is ``log(w) / weight_scale``. To switch a term off,
     use the ``box_term`` / ``global_term`` / ``pairwise`` flags rather than a zero weight. Kernel widths stay fixed,
     as in the released model. ``forward`` takes and returns what :func:`instance_crf` does.
     """
@@ -718,41 +718,45 @@ class InstanceCRF(nn.Module):
         theta_beta: float = THETA_BETA,
         theta_gamma: float = THETA_GAMMA,
         eps: float = 1e-6,
-        normalize: bool = False,
+        normalize: bool = True,
         method: str = "fast",
         box_term: bool = True,
         global_term: bool = True,
         pairwise: bool = True,
         app_stride: int | None = None,
         app_max_keys: int = 2048,
+        weight_scale: float = 1.0,
     ):
         super().__init__()
+        if not (math.isfinite(weight_scale) and weight_scale > 0):
+            raise ValueError(f"InstanceCRF: weight_scale must be > 0, got {weight_scale}")
+        self.weight_scale = float(weight_scale)
         default_app, default_smooth = default_pairwise_weights(normalize, theta_alpha, theta_gamma)
         initial = {"w_box": w_box, "w_global": w_global, "w_app": default_app if w_app is None else w_app,
                    "w_smooth": default_smooth if w_smooth is None else w_smooth}
         for name, value in initial.items():
             if not (math.isfinite(float(value)) and float(value) > 0):
                 raise ValueError(f"InstanceCRF: {name} = {value} must be > 0 (switch terms off with the flags)")
-            self.register_parameter(f"log_{name}", nn.Parameter(torch.tensor(math.log(float(value)))))
+            self.register_parameter(f"log_{name}", nn.Parameter(torch.tensor(math.log(float(value)) / weight_scale)))
         self.options = dict(iters=iters, theta_alpha=theta_alpha, theta_beta=theta_beta, theta_gamma=theta_gamma,
                             eps=eps, normalize=normalize, method=method, box_term=box_term, global_term=global_term,
                             pairwise=pairwise, app_stride=app_stride, app_max_keys=app_max_keys)
 
     @property
     def w_box(self) -> Tensor:
-        return self.log_w_box.exp()
+        return (self.log_w_box * self.weight_scale).exp()
 
     @property
     def w_global(self) -> Tensor:
-        return self.log_w_global.exp()
+        return (self.log_w_global * self.weight_scale).exp()
 
     @property
     def w_app(self) -> Tensor:
-        return self.log_w_app.exp()
+        return (self.log_w_app * self.weight_scale).exp()
 
     @property
     def w_smooth(self) -> Tensor:
-        return self.log_w_smooth.exp()
+        return (self.log_w_smooth * self.weight_scale).exp()
 
     def weights(self) -> dict[str, float]:
         """The current weights as plain numbers (for logs and result files)."""
@@ -765,7 +769,7 @@ class InstanceCRF(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v}" for k, v in {**self.options, "weight_scale": self.weight_scale}.items())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -854,14 +858,19 @@ class SegmentMatching(NamedTuple):
     """Result of :func:`match_segments` for one image.
 
     ``target`` (H, W) int64 is the matched ground truth Y* in CRF channel indices (``ignore_index`` where ignored);
-    ``pairs`` lists matched ``(gt_person, part, detection)``; ``unmatched`` lists ``(gt_person, part)`` segments no
-    prediction overlaps; ``iou`` is their IoU per pair, aligned with ``pairs``.
+    ``pairs`` lists matched ``(gt_person, part, detection)``; ``unmatched`` lists ``(gt_person, part)`` segments
+    that no detection took; ``iou`` is the IoU of segment (gt_person, part) with predicted segment (detection,
+    part), aligned with ``pairs`` (it may be 0 at ``level="person"``: a mislabelled part still follows its person).
     """
 
     target: Tensor
     pairs: list[tuple[int, int, int]]
     unmatched: list[tuple[int, int]]
     iou: list[float]
+
+
+#: Weight of the box-coverage tie-break in person-level matching: mask IoU decides wherever it is positive.
+_BOX_TIEBREAK = 1e-3
 
 
 def match_segments(
@@ -871,33 +880,45 @@ def match_segments(
     num_detections: int,
     num_parts: int,
     *,
-    level: str = "segment",
+    level: str = "person",
     unmatched: str = "background",
     ignore_index: int = 255,
+    boxes: Tensor | None = None,
 ) -> SegmentMatching:
-    """Eq. 4: the permutation Y* of the ground truth that maximises its IoU with the prediction.
+    """Eq. 4: the permutation Y* of the ground truth's instance identities that maximises its IoU with the prediction.
 
-    Ground-truth segments are (person g, part j) = ``(instances == g) & (semantic == j)``; predicted segments are
-    the pixels whose CRF label is (detection i, part j). IoU between segments of different parts is 0 (§3.3), so
-    the matching splits into one Hungarian problem per part (``scipy.optimize.linear_sum_assignment``). A pair is
-    kept only if its IoU is > 0: a zero-IoU pair is an arbitrary choice the data does not support.
+    Eq. 4 permutes *instances*: a ground-truth person g is renamed to a detection i, and then every part j of g
+    becomes label (i, j). So all parts of one person follow one detection, each part keeps its own label, and only
+    a person no detection takes goes to background (or ignore). With ``level="person"`` (the default) the
+    assignment is one Hungarian problem (``scipy.optimize.linear_sum_assignment``) over persons x detections,
+    scored by the IoU of the whole-person masks (§3.4: prediction label (i, j) -> person i; ground truth: the
+    person's part pixels), so a part the network mislabels (hair predicted as face) still targets (i, hair) on the
+    detection that has its person, and a person split over two detections is reunited on the one that overlaps
+    it most. A pair of IoU 0 is not a match, unless ``boxes`` are given: then the fraction of the person's pixels
+    inside detection i's box breaks ties (weight 1e-3, so mask IoU decides wherever it is positive) and a person
+    whose pixels the CRF gave to nobody yet is still matched to the detection whose box covers it. A person with
+    no overlapping prediction (nor box) is undetected and goes to ``unmatched``.
+
+    ``level="segment"`` is the older per-segment reading: every (person, part) segment is matched on its own, one
+    Hungarian problem per part label (segments of different parts have IoU 0, §3.3), and zero-IoU pairs go to
+    ``unmatched``. It keeps a split person split and sends a mislabelled part of a detected person to background,
+    reinforcing the error; it is kept as an option for comparison.
 
     Args:
         pred_labels: (H, W) int64 CRF channel index per pixel (argmax of the output).
         gt_instances: (H, W) int64 person id, 0 background.
         gt_semantic: (H, W) int64 part label, 0 background, ``ignore_index`` ignored.
         num_detections, num_parts: D and P of the prediction.
-        level: ``"segment"`` (Eq. 4: every (person, part) segment is matched on its own) or ``"person"`` (one
-            detection per ground-truth person, by the IoU of whole-person masks; all its parts follow it).
-        unmatched: what a ground-truth segment with no overlapping prediction becomes: ``"background"`` (default)
-            or ``"ignore"``. Such a person has no detection to belong to; its pixels cannot get a right instance
-            label, and labelling them as some other detection's part costs that detection precision, which AP^r
-            punishes. Background is what the released training does and what leaves other instances clean;
-            ``"ignore"`` keeps such pixels out of the loss instead (e.g. when detections are known to be missing).
+        level: ``"person"`` (Eq. 4, default) or ``"segment"`` (see above).
+        unmatched: what the segments of a ground-truth person no detection takes become: ``"background"``
+            (default; what the released training does: such a person has no detection to belong to, and labelling
+            it as some other detection's part would cost that detection precision, which AP^r punishes) or
+            ``"ignore"`` (kept out of the loss, e.g. when detections are known to be missing).
         ignore_index: label of ignored pixels in ``gt_semantic`` and in the returned target.
+        boxes: optional (D, 4) xyxy detection boxes (person level only): the tie-break above.
     """
     if level not in ("segment", "person"):
-        raise ValueError(f"match_segments: level must be 'segment' or 'person', got {level!r}")
+        raise ValueError(f"match_segments: level must be 'person' or 'segment', got {level!r}")
     if unmatched not in ("background", "ignore"):
         raise ValueError(f"match_segments: unmatched must be 'background' or 'ignore', got {unmatched!r}")
     if pred_labels.shape != gt_instances.shape or pred_labels.shape != gt_semantic.shape:
@@ -905,6 +926,8 @@ def match_segments(
             f"match_segments: prediction {tuple(pred_labels.shape)}, gt_instances {tuple(gt_instances.shape)} and "
             f"gt_semantic {tuple(gt_semantic.shape)} must have the same (H, W)"
         )
+    if boxes is not None and (boxes.dim() != 2 or boxes.shape != (num_detections, 4)):
+        raise ValueError(f"match_segments: boxes must be ({num_detections}, 4), got {tuple(boxes.shape)}")
     device = pred_labels.device
     sem = gt_semantic.long()
     inst = gt_instances.long()
@@ -953,13 +976,22 @@ def match_segments(
                         pairs.append((int(g_idx) + 1, j + 1, int(i) + 1))
                         ious.append(float(iou[g_idx, i, j]))
         else:
-            inter_person = same.sum(2)  # (G, D)
+            # Whole-person masks: every part label of person g against every part label of detection i.
+            inter_person = inter4.sum((1, 3))  # (G, D)
             union_person = area_g.sum(1)[:, None] + area_p.sum(1)[None, :] - inter_person
-            iou_person = torch.where(union_person > 0, inter_person / union_person.clamp_min(1),
-                                     torch.zeros_like(inter_person)).numpy()
-            r, c = linear_sum_assignment(iou_person, maximize=True)
+            score = torch.where(union_person > 0, inter_person / union_person.clamp_min(1),
+                                torch.zeros_like(inter_person))
+            if boxes is not None:
+                inside = boxes_to_masks(boxes.detach().float().to(device), *pred_labels.shape)  # (D, H, W)
+                person = torch.where(gt_id >= 0, inst, torch.zeros_like(inst))
+                flat = person.flatten()
+                cover = torch.stack([torch.bincount(flat[m.flatten()], minlength=num_persons + 1)[1:]
+                                     for m in inside], 1).cpu().double()  # (G, D) person pixels in box i
+                score = score + _BOX_TIEBREAK * cover / area_g.sum(1, keepdim=True).clamp_min(1)
+            score = score.numpy()
+            r, c = linear_sum_assignment(score, maximize=True)
             for g_idx, i in zip(r, c):
-                if iou_person[g_idx, i] <= 0:
+                if score[g_idx, i] <= 0:
                     continue
                 for j in np.nonzero(area_g[g_idx].numpy() > 0)[0]:
                     pairs.append((int(g_idx) + 1, int(j) + 1, int(i) + 1))
@@ -985,9 +1017,10 @@ def hungarian_matched_loss(
     num_parts: int,
     ohem_k: int | float | None = None,
     ohem_loss_threshold: float | None = None,
-    level: str = "segment",
+    level: str = "person",
     unmatched: str = "background",
     ignore_index: int = 255,
+    boxes: Tensor | Sequence[Tensor] | None = None,
     pred_is_log: bool = False,
     eps: float = 1e-12,
 ) -> Tensor:
@@ -1001,8 +1034,9 @@ def hungarian_matched_loss(
         ohem_k: keep only the K pixels with the highest loss in the whole mini-batch (``int`` count, ``float``
             fraction, ``None`` = all). The paper uses K = 2^15 at full resolution (≈ 12% of the pixels, §4.2).
         ohem_loss_threshold: drop pixels whose loss is below it before ranking (see :mod:`hparse.ops.ohem`).
-        level, unmatched, ignore_index: see :func:`match_segments` (unmatched ground truth becomes background by
-            default).
+        level, unmatched, ignore_index: see :func:`match_segments` (person-level matching, Eq. 4; the ground truth of
+            a person no detection takes becomes background by default).
+        boxes: optional (D, 4) detection boxes (or a list): the tie-break of :func:`match_segments`.
         pred_is_log: ``pred`` holds log-probabilities (``instance_crf(..., log_probs=True)``), the stable choice.
         eps: floor inside the log for probabilities.
 
@@ -1017,6 +1051,9 @@ def hungarian_matched_loss(
     if not (len(preds) == len(insts) == len(sems)):
         raise ValueError(f"hungarian_matched_loss: {len(preds)} predictions, {len(insts)} instance maps and "
                          f"{len(sems)} semantic maps; they must match")
+    box_list = [None] * len(preds) if boxes is None else ([boxes] if isinstance(boxes, Tensor) else list(boxes))
+    if len(box_list) != len(preds):
+        raise ValueError(f"hungarian_matched_loss: {len(preds)} predictions but {len(box_list)} box sets")
     losses, valids = [], []
     for b, (p, inst, sem) in enumerate(zip(preds, insts, sems)):
         if p.dim() != 3:
@@ -1029,7 +1066,7 @@ def hungarian_matched_loss(
             raise ValueError(f"hungarian_matched_loss: image {b}: pred is {tuple(p.shape[1:])} but the ground truth "
                              f"is {tuple(inst.shape)} / {tuple(sem.shape)}")
         match = match_segments(p.detach().argmax(0), inst.to(p.device), sem.to(p.device), num_det, num_parts,
-                               level=level, unmatched=unmatched, ignore_index=ignore_index)
+                               level=level, unmatched=unmatched, ignore_index=ignore_index, boxes=box_list[b])
         valid = match.target != ignore_index
         index = torch.where(valid, match.target, torch.zeros_like(match.target))[None]
         picked = p.gather(0, index)[0]
