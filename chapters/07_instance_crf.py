@@ -52,12 +52,12 @@ from hparse.engine import find_results, get_device, get_profile, seed_everything
 from hparse.metrics import ParsingEvaluator
 from hparse.ops import InstanceCRF, crf_prediction, hungarian_matched_loss, instance_crf
 from hparse.ops.instance_crf import (
-    _ExactMessages,
     boxes_to_masks,
     crf_channel,
     crf_instances,
     default_pairwise_weights,
     instance_unary,
+    pairwise_messages,
 )
 from hparse.viz import overlay_instances, overlay_semantic, to_numpy_image
 from hparse.viz.overlay import draw_boxes
@@ -128,8 +128,8 @@ print(f"pixel accuracy of the simulated Q: {semantic_acc:.3f}")
 # $w_\text{box}\, s_i\,[k \in B_i] + w_\text{global}$, so all $D \times P$ channels come from one broadcast:
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
-# :pyobject: _unary_potential
+# ```{literalinclude} ../hparse/ops/instance_crf/potentials.py
+# :pyobject: unary_potential
 # ```
 #
 # Below, for the part the truncated person shows most, are the potentials $e^{-U}$ of the background and of that
@@ -213,7 +213,7 @@ ones = torch.ones(1, *crop.shape[1:])
 mass = {}
 for normalize in (True, False):
     w_a, _ = default_pairwise_weights(normalize)
-    app_msg, _ = _ExactMessages(crop, 49.0, 5.0, 3.0, normalize, torch.float64)(ones.double())
+    app_msg, _ = pairwise_messages(ones.double(), crop, method="exact", normalize=normalize)
     mass[normalize] = (w_a * app_msg[0]).float()
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
 for ax, (normalize, m) in zip(axes, mass.items()):
@@ -300,7 +300,7 @@ display(Markdown("\n".join(rows)))
 # stores the $N \times N$ matrix and runs on the flash / memory-efficient kernels of a GPU:
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
+# ```{literalinclude} ../hparse/ops/instance_crf/kernels.py
 # :pyobject: _FastMessages._app_incl
 # ```
 #
@@ -367,7 +367,7 @@ for normalize in (False, True):
 # background and keep the split person split.)
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
+# ```{literalinclude} ../hparse/ops/instance_crf/loss.py
 # :pyobject: hungarian_matched_loss
 # ```
 #

@@ -8,6 +8,7 @@ import torch
 from hparse.ops import ohem
 from hparse.ops.instance_crf import (
     EXACT_MAX_PIXELS,
+    CRFOptions,
     InstanceCRF,
     crf_channel,
     crf_instances,
@@ -19,6 +20,7 @@ from hparse.ops.instance_crf import (
     instance_crf,
     instance_unary,
     match_segments,
+    pairwise_messages,
     squash_detection_scores,
 )
 
@@ -145,18 +147,38 @@ def test_pairwise_changes_the_result(scene):
 # --------------------------------------------------------------------------------------------- exact vs fast
 
 
+def test_options_are_one_dataclass(scene):
+    opts = CRFOptions(iters=2, normalize=False, method="exact")
+    a = instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], options=opts)
+    b = instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], iters=2, normalize=False,
+                     method="exact")
+    torch.testing.assert_close(a, b)
+    assert InstanceCRF(options=opts, iters=3).options == CRFOptions(iters=3, normalize=False, method="exact")
+    with pytest.raises(TypeError, match="unknown option"):
+        instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], itres=2)
+    with pytest.raises(ValueError, match="method"):
+        CRFOptions(method="lattice")
+
+
+def test_public_names_stay_importable():
+    import hparse.ops as ops
+
+    for name in ("match_segments", "crf_channel", "instance_crf", "InstanceCRF", "hungarian_matched_loss",
+                 "crf_prediction", "squash_detection_scores"):
+        assert hasattr(ops, name)
+    assert ops.crf_channel(2, 3, 19) == 1 + 19 + 2
+
+
 def test_normalised_kernels_do_not_depend_on_kernel_mass(scene):
     """The default (normalised, released) kernels average the neighbours' Q: a label held by every pixel gets the
     message w_app + w_smooth = 7 everywhere. The plain sums with their uniform-region weights give the same only
     where a pixel has the full kernel mass 2πθ² - 1; on a small image the appearance part is a few percent of it."""
-    from hparse.ops.instance_crf import _ExactMessages
-
     image = scene["image"]
     uniform = torch.zeros(2, *image.shape[1:])
     uniform[1] = 1.0  # every pixel holds label 1
     for normalize in (True, False):
         w_app, w_smooth = default_pairwise_weights(normalize)
-        app, smooth = _ExactMessages(image, 49.0, 5.0, 3.0, normalize, torch.float64)(uniform.double())
+        app, smooth = pairwise_messages(uniform.double(), image, method="exact", normalize=normalize)
         if normalize:
             torch.testing.assert_close(w_app * app[1], torch.full_like(app[1], 4.0))
             torch.testing.assert_close(w_smooth * smooth[1], torch.full_like(smooth[1], 3.0))
