@@ -49,7 +49,9 @@ from IPython.display import Markdown, display
 from hparse.benchmarks.instance_crf import simulated_inputs
 from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.engine import find_results, get_device, get_profile, seed_everything
+from hparse.experiments.holistic_table1 import PAPER_TABLE1, ROWS, TABLE_KEYS, table
 from hparse.metrics import ParsingEvaluator
+from hparse.models import build_model
 from hparse.ops import InstanceCRF, crf_prediction, hungarian_matched_loss, instance_crf
 from hparse.ops.instance_crf import (
     boxes_to_masks,
@@ -59,6 +61,7 @@ from hparse.ops.instance_crf import (
     instance_unary,
     pairwise_messages,
 )
+from hparse.recipes import recipe
 from hparse.viz import overlay_instances, overlay_semantic, to_numpy_image
 from hparse.viz.overlay import draw_boxes
 from hparse.viz.widgets import slider_explorer, static_strip
@@ -489,7 +492,95 @@ display(Markdown("Ours (SynthCrowd val, simulated inputs, this run; means over t
 # makes the detections tie outside their boxes; the pairwise term is what breaks those ties. How much the
 # pairwise term adds depends on its weights. The kernel widths were also tuned for ~500 px PASCAL images
 # ($\theta_\alpha = 49$ px), and on smaller images the same widths smooth over a larger share of each small part.
+
+# %% [markdown]
+# ## The whole network: `build_model("holistic_crf")`
 #
+# Everything above held the part probabilities fixed. The paper's network (Fig. 2) computes them: a dilated ResNet
+# FCN whose res5 features are pooled at five resolutions (§3.1, `pyramid_pooling=True`) gives $Q$; a separately
+# trained person detector gives the boxes and scores (here hparse's own Faster R-CNN base, trained in the same run
+# on its own losses; its outputs enter the CRF forward-only); the Instance CRF turns both into the instance-level
+# parsing; the matched loss of Eq. 4 (with OHEM) trains it. Each component is a flag of
+# `hparse.models.holistic.HolisticCRF`, and so are the two training regimes of Table 1: after the part segmentation
+# is pre-trained (`segmentation_steps`), `training="piecewise"` freezes it and trains the CRF's weights only, while
+# `training="end_to_end"` sends the matched loss through the CRF into the segmentation network. The CRF trains
+# "given detections" (jittered ground-truth boxes); the detector supplies the boxes at test time.
+
+# %% [markdown]
+# ```{literalinclude} ../hparse/models/holistic.py
+# :pyobject: HolisticCRF._losses
+# ```
+#
+# One training step of each regime, at this page's size, shows what each trains: piecewise leaves every weight and
+# statistic of the segmentation network as it was, end to end moves it.
+
+# %%
+step_data = SynthCrowd(split="train", num_images=2, image_size=64, min_people=2, max_people=3, seed=0)
+step_samples = [step_data[i] for i in range(2)]
+rows = ["| training | segmentation tensors changed by one step | CRF weights after it |", "|---|---|---|"]
+for regime in ("piecewise", "end_to_end"):
+    plan = recipe("holistic_crf", get_profile("smoke"), training=regime, segmentation_steps=0)
+    torch.manual_seed(0)
+    model = build_model("holistic_crf", num_classes=P + 1, **plan["model"]).train()
+    before = {k: v.clone() for k, v in model.segmentation.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = model([s["image"] for s in step_samples], step_samples)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = sum(not torch.equal(v, model.segmentation.state_dict()[k]) for k, v in before.items())
+    rows.append(f"| {regime} | {changed} of {len(before)} | "
+                + ", ".join(f"{k} {v:.3g}" for k, v in model.crf.weights().items()) + " |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# ## Table 1 on SynthCrowd
+#
+# `hparse.experiments.holistic_table1` trains the six rows of the paper's Table 1 (box term only, with the pairwise
+# term, as the paper's reimplementation of Arnab & Torr; box + global; end to end; each with and without OHEM)
+# with the same recipe, data and seeds, and scores AP^r of instance-level part segmentation at IoU 0.5, 0.6 and 0.7
+# and AP^r_vol. Our numbers (SynthCrowd val, mean ± standard deviation over seeds) stand beside the paper's
+# (PASCAL-Person-Part, R-FCN detections):
+
+# %%
+ROW_NAMES = {"box_only": "piecewise, box term only", "piecewise": "piecewise", "end_to_end": "end-to-end",
+             "box_only_ohem": "piecewise, box term only, OHEM", "piecewise_ohem": "piecewise, OHEM",
+             "end_to_end_ohem": "end-to-end, OHEM"}
+table_profile = next((name for name in ("gpu", "cpu") if table(name)), None)
+ours = {line["row"]: line for line in table(table_profile)} if table_profile else {}
+lines = ["| Table 1 row | " + " | ".join(f"ours {k}" for k in TABLE_KEYS) + " | "
+         + " | ".join(f"paper {k}" for k in TABLE_KEYS) + " |", "|---|" + "---|" * (2 * len(TABLE_KEYS))]
+for name, _ in ROWS:
+    line = ours.get(name)
+    cells = [f"{100 * line['ours'][k][0]:.1f} ± {100 * line['ours'][k][1]:.1f}" if line and k in line["ours"] else "–"
+             for k in TABLE_KEYS]
+    lines.append(f"| {ROW_NAMES[name]} | " + " | ".join(cells) + " | "
+                 + " | ".join(f"{PAPER_TABLE1[name][k]:.1f}" for k in TABLE_KEYS) + " |")
+source = (f"Ours: profile `{table_profile}`, seeds {ours[next(iter(ours))]['seeds']}, detections from the person "
+          "detector trained in the same run." if ours else
+          "*No Table 1 run is recorded yet; the command below makes one (the columns marked – fill in).*")
+display(Markdown(source + "\n\n" + "\n".join(lines) + "\n\n`python -m hparse.experiments.holistic_table1 "
+                 "--profile cpu --seeds 0 1 --crowding`"))
+
+# %% [markdown]
+# AP^r against crowding, for the end-to-end OHEM model (trained at SynthCrowd's default crowding 0.5), from the same
+# command's `--crowding` record:
+
+# %%
+crowd = find_results("holistic_crf/table1_crowding", profiles=("gpu", "cpu"))
+if crowd is None:
+    display(Markdown("*No crowding record yet (`--crowding` above).*"))
+else:
+    levels = crowd["metrics"]["per_level"]
+    fig, ax = plt.subplots(figsize=(4.5, 2.8))
+    for key in TABLE_KEYS:
+        ax.plot([float(c) for c in levels], [levels[c][key] for c in levels], "o-", ms=3, label=key)
+    ax.set_xlabel("crowding")
+    ax.set_ylabel("AP^r")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+
+# %% [markdown]
 # ## Summary
 #
 # - The Instance CRF labels each pixel with (detection, part) or background. Its unary is the log of a box term
@@ -502,8 +593,10 @@ display(Markdown("Ours (SynthCrowd val, simulated inputs, this run; means over t
 # - `method="fast"` computes the dense messages without an $N\times N$ matrix: separable convolutions, plus
 #   attention over Gaussian clouds of pixels. It is exact at stride 1. The benchmark above gives its error at
 #   coarser strides.
-# - Eq. 4's Hungarian matching makes the loss indifferent to the order of the detections; OHEM keeps the hardest
-#   12% of the pixels.
+# - Eq. 4's Hungarian matching makes the loss indifferent to the order of the detections: it permutes whole persons,
+#   so every part of a matched person keeps its own label on its detection; OHEM keeps the hardest 12% of the pixels.
+# - `build_model("holistic_crf")` puts the pieces together (FCN with pyramid pooling, detector, CRF, matched loss);
+#   piecewise training fixes the segmentation network, end-to-end training moves it through the CRF.
 #
 # ## Exercises
 #

@@ -56,6 +56,7 @@ FLAGS = [
     {},
     {"pyramid_pooling": False},
     {"output_stride": 16},
+    {"fcn_features": "fpn"},
     {"global_term": False},  # Table 1's box term only (with the pairwise term)
     {"pairwise": False},
     {"crf_iters": 0},
@@ -166,7 +167,7 @@ def test_detector_from_a_checkpoint(tmp_path, batch):
 def test_dilated_trunk_keeps_the_output_stride():
     for stride in (8, 16):
         model = small_model(output_stride=stride)
-        res5 = model.segmentation.trunk(torch.zeros(1, 3, SIZE, SIZE))["3"]
+        res5 = model.segmentation.features(torch.zeros(1, 3, SIZE, SIZE))
         assert res5.shape[-1] == SIZE // stride
     from torchvision.models import resnet50
 

@@ -5,7 +5,10 @@ The network of the paper's Fig. 2, each component a constructor flag so that eac
 - **Category-level part segmentation** (§3.1): a torchvision ResNet FCN, dilated so that res5 has output stride 8
   or 16 (``output_stride``), whose res5 features are pooled at five resolutions, upsampled, concatenated and
   classified (``pyramid_pooling=True``, PSPNet's module [50]); ``pyramid_pooling=False`` classifies res5 directly.
-  Its softmax is Q, (P + 1) channels at the image's resolution.
+  Its softmax is Q, (P + 1) channels at the image's resolution. ``fcn_features="fpn"`` is the laptop stand-in
+  (not the paper's): the FCN reads the summed P2-P5 levels of the pretrained ResNet-FPN at stride 4 instead of
+  dilated res5. The shipped SynthCrowd weights were trained to label parts from exactly those levels; from its
+  dilated res5 a laptop run's few hundred steps learn little (150 steps of batch 2: part mIoU 0.08 from res5).
 - **Detections** (§3.2's inputs; §4.1: a separately trained R-FCN, forward-only into the network, the dotted lines of
   Fig. 2). ``detections="detector"``: hparse's own Faster R-CNN base (:class:`PersonDetector`, the detection half of
   :class:`~hparse.models.detector.TopDownParser`), a *separate* network trained on the same data in the same run on
@@ -54,15 +57,16 @@ import torch.nn.functional as F
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..ops.instance_crf import InstanceCRF, crf_prediction, hungarian_matched_loss, squash_detection_scores
-from .backbone import build_resnet_fpn
+from .backbone import FPN_LEVELS, build_resnet_fpn
 from .detector import TopDownParser
 from .inference import empty_prediction
 from .inputs import check_images
 
-__all__ = ["HolisticCRF", "PersonDetector", "SegmentationFCN", "PyramidPooling", "dilate_resnet",
+__all__ = ["HolisticCRF", "PersonDetector", "SegmentationFCN", "PyramidPooling", "Res5", "PyramidSum", "dilate_resnet",
            "jitter_boxes", "DETECTION_SOURCES", "TRAINING_MODES"]
 
 DETECTION_SOURCES = ("detector", "gt")
+FCN_FEATURES = ("res5", "fpn")
 TRAINING_MODES = ("piecewise", "end_to_end")
 
 
@@ -123,24 +127,56 @@ class PyramidPooling(nn.Module):
         return torch.cat([x, *pooled], 1)
 
 
+class Res5(nn.Module):
+    """§3.1's features: res5 of a (dilated) torchvision ResNet, (B, 3, H, W) -> (B, C, H/s, W/s)."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk  # torchvision IntermediateLayerGetter: {"0": res2, ..., "3": res5}
+        last = trunk.layer4[-1]  # BasicBlock (ResNet-18/34) ends in conv2, Bottleneck in conv3
+        self.out_channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)["3"]
+
+
+class PyramidSum(nn.Module):
+    """The laptop stand-in for res5 (``fcn_features="fpn"``): the levels P2-P5 of a pretrained ResNet-FPN,
+    upsampled to stride 4 and summed, the features the shipped SynthCrowd weights were trained to label
+    (:mod:`hparse.models.pretrain`). (B, 3, H, W) -> (B, C, H/4, W/4)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+        self.out_channels = body.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.body(x)
+        size = levels[FPN_LEVELS[0]].shape[-2:]
+        return sum(F.interpolate(levels[k], size=size, mode="bilinear", align_corners=False) if k != FPN_LEVELS[0]
+                   else levels[k] for k in FPN_LEVELS)
+
+
 class SegmentationFCN(nn.Module):
-    """§3.1: dilated ResNet -> (pyramid pooling) -> 3x3 conv, GN, ReLU, dropout -> 1x1 classifier -> bilinear.
+    """§3.1: features (dilated res5) -> (pyramid pooling) -> 3x3 conv, GN, ReLU, dropout -> 1x1 classifier ->
+    bilinear to the image.
 
     ``forward((B, 3, H, W) normalised images)`` returns (B, num_classes, H, W) part logits.
     """
 
-    def __init__(self, trunk: nn.Module, trunk_channels: int, num_classes: int, *, pyramid_pooling: bool = True,
+    def __init__(self, features: nn.Module, num_classes: int, *, pyramid_pooling: bool = True,
                  head_channels: int = 512, dropout: float = 0.1):
         super().__init__()
-        self.trunk = trunk  # torchvision IntermediateLayerGetter: {"0": res2, ..., "3": res5}
-        self.ppm = PyramidPooling(trunk_channels) if pyramid_pooling else None
-        in_channels = self.ppm.out_channels if pyramid_pooling else trunk_channels
+        self.features = features  # Res5 or PyramidSum, with out_channels
+        channels = features.out_channels
+        self.ppm = PyramidPooling(channels) if pyramid_pooling else None
+        in_channels = self.ppm.out_channels if pyramid_pooling else channels
         self.head = nn.Sequential(nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
                                   _group_norm(head_channels), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res5 = self.trunk(x)["3"]
+        res5 = self.features(x)
         if self.ppm is not None:
             res5 = self.ppm(res5)
         logits = self.classifier(self.head(res5))
@@ -226,6 +262,7 @@ class HolisticCRF(nn.Module):
             :func:`~hparse.models.backbone.build_resnet_fpn` builds it (``backbone_weights="synthcrowd"`` needs
             ResNet-18, width 24, ``fpn_channels=64``: the shipped weights include that FPN, which the FCN drops).
         output_stride: 8 or 16 (§3.1, dilated res4/res5).
+        fcn_features: ``"res5"`` (§3.1) or ``"fpn"`` (the laptop stand-in, see the module docstring).
         pyramid_pooling: §3.1's multi-resolution pooling of res5.
         head_channels: width of the classifier's 3x3 convolution (PSPNet: 512).
         detections: ``"detector"`` or ``"gt"`` (see the module docstring).
@@ -255,6 +292,7 @@ class HolisticCRF(nn.Module):
         backbone_width: int = 64,
         fpn_channels: int = 256,
         output_stride: int = 8,
+        fcn_features: str = "res5",
         pyramid_pooling: bool = True,
         head_channels: int = 512,
         detections: str = "detector",
@@ -286,6 +324,8 @@ class HolisticCRF(nn.Module):
             raise ValueError(f"num_classes counts labels including background and must be >= 2, got {num_classes}")
         if detections not in DETECTION_SOURCES:
             raise ValueError(f"detections must be one of {DETECTION_SOURCES}, got {detections!r}")
+        if fcn_features not in FCN_FEATURES:
+            raise ValueError(f"fcn_features must be one of {FCN_FEATURES}, got {fcn_features!r}")
         if training not in TRAINING_MODES:
             raise ValueError(f"training must be one of {TRAINING_MODES}, got {training!r}")
         if not box_term and not global_term:
@@ -310,11 +350,13 @@ class HolisticCRF(nn.Module):
             return build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
                                     fpn_channels=fpn_channels, width=backbone_width)
 
-        trunk = resnet().body  # the ResNet of the ResNet-FPN (its weights loaded); the FPN is dropped
-        dilate_resnet(trunk, output_stride)
-        last = trunk.layer4[-1]  # BasicBlock (ResNet-18/34) ends in conv2, Bottleneck in conv3
-        trunk_channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-        self.segmentation = SegmentationFCN(trunk, trunk_channels, num_classes, pyramid_pooling=pyramid_pooling,
+        if fcn_features == "res5":
+            trunk = resnet().body  # the ResNet of the ResNet-FPN (its weights loaded); the FPN is dropped
+            dilate_resnet(trunk, output_stride)
+            features: nn.Module = Res5(trunk)
+        else:
+            features = PyramidSum(resnet())
+        self.segmentation = SegmentationFCN(features, num_classes, pyramid_pooling=pyramid_pooling,
                                             head_channels=head_channels)
         self.crf = InstanceCRF(iters=crf_iters, normalize=normalize, box_term=box_term, global_term=global_term,
                                pairwise=pairwise, app_max_keys=app_max_keys, weight_scale=crf_weight_scale)
