@@ -49,7 +49,9 @@ from IPython.display import Markdown, display
 from hparse.benchmarks.instance_crf import simulated_inputs
 from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.engine import find_results, get_device, get_profile, seed_everything
+from hparse.experiments.holistic_table1 import PAPER_TABLE1, ROWS, TABLE_KEYS, table
 from hparse.metrics import ParsingEvaluator
+from hparse.models import build_model
 from hparse.ops import InstanceCRF, crf_prediction, hungarian_matched_loss, instance_crf
 from hparse.ops.instance_crf import (
     boxes_to_masks,
@@ -57,7 +59,9 @@ from hparse.ops.instance_crf import (
     crf_instances,
     default_pairwise_weights,
     instance_unary,
+    pairwise_messages,
 )
+from hparse.recipes import recipe
 from hparse.viz import overlay_instances, overlay_semantic, to_numpy_image
 from hparse.viz.overlay import draw_boxes
 from hparse.viz.widgets import slider_explorer, static_strip
@@ -127,8 +131,8 @@ print(f"pixel accuracy of the simulated Q: {semantic_acc:.3f}")
 # $w_\text{box}\, s_i\,[k \in B_i] + w_\text{global}$, so all $D \times P$ channels come from one broadcast:
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
-# :pyobject: _unary_potential
+# ```{literalinclude} ../hparse/ops/instance_crf/potentials.py
+# :pyobject: unary_potential
 # ```
 #
 # Below, for the part the truncated person shows most, are the potentials $e^{-U}$ of the background and of that
@@ -170,13 +174,14 @@ fig.tight_layout()
 # towards the labels of its look-alike neighbours. Every label keeps its own messages: a pixel of *(person 2,
 # face)* is supported only by nearby pixels that are also *(person 2, face)*. The widths $\theta_\alpha = 49$,
 # $\theta_\beta = 5$, $\theta_\gamma = 3$ come from the authors' released Instance-CRF model. So do the weights 4
-# and 3, which there multiply *normalised* kernels; `hparse` keeps the plain sums by default and divides the
-# weights by a kernel's mass in a uniform region, $2\pi\theta^2 - 1$ (`default_pairwise_weights`). Drag the slider
-# to step through the iterations (live kernel only); the strip below shows the same steps for the static page.
+# and 3, which there multiply *normalised* kernels: each message is divided by the pixel's kernel mass
+# $\sum_{m\ne k} k(k,m)$, i.e. it is a Gaussian-weighted average of the neighbours' $Q$. `hparse` does the same by
+# default (`normalize=True`). Drag the slider to step through the iterations (live kernel only); the strip below
+# shows the same steps for the static page.
 
 # %%
-w_app, w_smooth = default_pairwise_weights(normalize=False)
-print(f"default pairwise weights (unnormalised kernels): w_app = {w_app:.3g}, w_smooth = {w_smooth:.3g}")
+w_app, w_smooth = default_pairwise_weights(normalize=True)
+print(f"default pairwise weights (normalised kernels): w_app = {w_app:.3g}, w_smooth = {w_smooth:.3g}")
 steps = [instance_crf(Q, boxes, scores, image, iters=t) for t in range(MEAN_FIELD_STEPS + 1)]
 step_labels = [p.argmax(0) for p in steps]
 changed = [0] + [int((step_labels[t] != step_labels[t - 1]).sum()) for t in range(1, len(steps))]
@@ -198,6 +203,32 @@ print("pixels whose label changed at each iteration:", changed[1:])
 # %% [markdown]
 # Most changes come in the first iterations; the paper unrolls a fixed small number (the released model uses 3,
 # `hparse` defaults to 5).
+#
+# **Why normalise.** The plain sum $\sum_{m\ne k} k(k,m)\,Q_m(l)$ grows with the number of look-alike neighbours a
+# pixel has. Scaled so that it matches the released message in a uniform region reaching $\sim 3\theta_\alpha =
+# 150$ px in every direction (weight $4 / (2\pi\theta_\alpha^2 - 1)$), it is only a few percent of it on an image
+# this small: the appearance kernel all but vanishes and the pairwise term becomes pure smoothing. The total
+# appearance message weight $w_\text{app}\sum_{m\ne k} k_\text{app}(k,m)$ each pixel of this image receives:
+
+# %%
+crop = image[:, :48, :48]  # the exact kernels are N x N: a 48 x 48 crop
+ones = torch.ones(1, *crop.shape[1:])
+mass = {}
+for normalize in (True, False):
+    w_a, _ = default_pairwise_weights(normalize)
+    app_msg, _ = pairwise_messages(ones.double(), crop, method="exact", normalize=normalize)
+    mass[normalize] = (w_a * app_msg[0]).float()
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+for ax, (normalize, m) in zip(axes, mass.items()):
+    im = ax.imshow(m.numpy(), cmap="viridis")
+    ax.set_title(f"normalize={normalize}: median {float(m.median()):.3g}", fontsize=9)
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+fig.tight_layout()
+print(f"unnormalised appearance message at the median pixel: {100 * float(mass[False].median() / 4.0):.1f}% of the "
+      "released (normalised) one")
+
+# %% [markdown]
 #
 # ## Fig. 4, first row: a truncated box
 #
@@ -272,7 +303,7 @@ display(Markdown("\n".join(rows)))
 # stores the $N \times N$ matrix and runs on the flash / memory-efficient kernels of a GPU:
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
+# ```{literalinclude} ../hparse/ops/instance_crf/kernels.py
 # :pyobject: _FastMessages._app_incl
 # ```
 #
@@ -301,10 +332,11 @@ else:
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
-# The default (unnormalised) form is close to exact at every stride. The normalised form (the released layers'
-# choice, `normalize=True`) divides by $\sum_{m\ne k} k(k,m)$. For a pixel whose colour is rare in the image, that
-# sum is tiny and the message is an average over a handful of neighbours, so the few pixels where the cloud summary
-# is off change visibly. Here is the same comparison, computed now on a 48×48 SynthCrowd image:
+# The unnormalised form looks close to exact at every stride, but mostly because its appearance message is tiny
+# (above). The normalised form (the default) divides by $\sum_{m\ne k} k(k,m)$. For a pixel whose colour is rare in
+# the image, that sum is small and the message is an average over a handful of neighbours, so the few pixels
+# where the cloud summary is off change visibly. Here is the same comparison, computed now on a 48×48 SynthCrowd
+# image:
 
 # %%
 small = SynthCrowd(split="val", num_images=1, image_size=48, min_people=3, max_people=3, crowding=0.5, seed=1)[0]
@@ -325,15 +357,20 @@ for normalize in (False, True):
 # ## Learning the weights: the permutation-invariant loss
 #
 # Detections come in no particular order, so "person 2" of the prediction need not be person 2 of the ground
-# truth. The paper matches before it compares (§3.3, Eq. 4): ground-truth segments (person, part) are assigned to
-# predicted segments (detection, part) by maximum total IoU with the Hungarian algorithm (segments of different
-# parts have IoU 0), the ground truth is relabelled accordingly, and then the cross-entropy is taken, over the $K$
-# hardest pixels only (online hard example mining; the paper uses $K = 2^{15}$, about 12% of a full-resolution
-# image, so we keep 12%). A ground-truth segment that no prediction overlaps becomes background: it has no
-# detection to belong to, and giving it to another person would cost that person precision.
+# truth. The paper matches before it compares (§3.3, Eq. 4): the ground truth is the permutation of its *instance
+# identities* that best overlaps the prediction. `match_segments` assigns ground-truth persons to detections with
+# the Hungarian algorithm by the IoU of their person masks; then every part $j$ of a person matched to detection
+# $i$ becomes the target $(i, j)$, whatever part the network predicted there. So a detected person's hair that the
+# network calls face is taught to be *that person's hair*, and a person split over two detections is reunited on
+# the one that overlaps it most. Only a person that no detection takes (no overlapping prediction, nor, when the
+# boxes are given, a box covering it) becomes background: it has no detection to belong to, and giving it to
+# another person would cost that person precision. The cross-entropy is then taken over the $K$ hardest pixels
+# only (online hard example mining; the paper uses $K = 2^{15}$, about 12% of a full-resolution image, so we keep
+# 12%). (Matching each (person, part) segment on its own, `level="segment"`, would send the mislabelled hair to
+# background and keep the split person split.)
 
 # %% [markdown]
-# ```{literalinclude} ../hparse/ops/instance_crf.py
+# ```{literalinclude} ../hparse/ops/instance_crf/loss.py
 # :pyobject: hungarian_matched_loss
 # ```
 #
@@ -455,7 +492,95 @@ display(Markdown("Ours (SynthCrowd val, simulated inputs, this run; means over t
 # makes the detections tie outside their boxes; the pairwise term is what breaks those ties. How much the
 # pairwise term adds depends on its weights. The kernel widths were also tuned for ~500 px PASCAL images
 # ($\theta_\alpha = 49$ px), and on smaller images the same widths smooth over a larger share of each small part.
+
+# %% [markdown]
+# ## The whole network: `build_model("holistic_crf")`
 #
+# Everything above held the part probabilities fixed. The paper's network (Fig. 2) computes them: a dilated ResNet
+# FCN whose res5 features are pooled at five resolutions (§3.1, `pyramid_pooling=True`) gives $Q$; a separately
+# trained person detector gives the boxes and scores (here hparse's own Faster R-CNN base, trained in the same run
+# on its own losses; its outputs enter the CRF forward-only); the Instance CRF turns both into the instance-level
+# parsing; the matched loss of Eq. 4 (with OHEM) trains it. Each component is a flag of
+# `hparse.models.holistic.HolisticCRF`, and so are the two training regimes of Table 1: after the part segmentation
+# is pre-trained (`segmentation_steps`), `training="piecewise"` freezes it and trains the CRF's weights only, while
+# `training="end_to_end"` sends the matched loss through the CRF into the segmentation network. The CRF trains
+# "given detections" (jittered ground-truth boxes); the detector supplies the boxes at test time.
+
+# %% [markdown]
+# ```{literalinclude} ../hparse/models/holistic.py
+# :pyobject: HolisticCRF._losses
+# ```
+#
+# One training step of each regime, at this page's size, shows what each trains: piecewise leaves every weight and
+# statistic of the segmentation network as it was, end to end moves it.
+
+# %%
+step_data = SynthCrowd(split="train", num_images=2, image_size=64, min_people=2, max_people=3, seed=0)
+step_samples = [step_data[i] for i in range(2)]
+rows = ["| training | segmentation tensors changed by one step | CRF weights after it |", "|---|---|---|"]
+for regime in ("piecewise", "end_to_end"):
+    plan = recipe("holistic_crf", get_profile("smoke"), training=regime, segmentation_steps=0)
+    torch.manual_seed(0)
+    model = build_model("holistic_crf", num_classes=P + 1, **plan["model"]).train()
+    before = {k: v.clone() for k, v in model.segmentation.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = model([s["image"] for s in step_samples], step_samples)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = sum(not torch.equal(v, model.segmentation.state_dict()[k]) for k, v in before.items())
+    rows.append(f"| {regime} | {changed} of {len(before)} | "
+                + ", ".join(f"{k} {v:.3g}" for k, v in model.crf.weights().items()) + " |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# ## Table 1 on SynthCrowd
+#
+# `hparse.experiments.holistic_table1` trains the six rows of the paper's Table 1 (box term only, with the pairwise
+# term, as the paper's reimplementation of Arnab & Torr; box + global; end to end; each with and without OHEM)
+# with the same recipe, data and seeds, and scores AP^r of instance-level part segmentation at IoU 0.5, 0.6 and 0.7
+# and AP^r_vol. Our numbers (SynthCrowd val, mean ± standard deviation over seeds) stand beside the paper's
+# (PASCAL-Person-Part, R-FCN detections):
+
+# %%
+ROW_NAMES = {"box_only": "piecewise, box term only", "piecewise": "piecewise", "end_to_end": "end-to-end",
+             "box_only_ohem": "piecewise, box term only, OHEM", "piecewise_ohem": "piecewise, OHEM",
+             "end_to_end_ohem": "end-to-end, OHEM"}
+table_profile = next((name for name in ("gpu", "cpu") if table(name)), None)
+ours = {line["row"]: line for line in table(table_profile)} if table_profile else {}
+lines = ["| Table 1 row | " + " | ".join(f"ours {k}" for k in TABLE_KEYS) + " | "
+         + " | ".join(f"paper {k}" for k in TABLE_KEYS) + " |", "|---|" + "---|" * (2 * len(TABLE_KEYS))]
+for name, _ in ROWS:
+    line = ours.get(name)
+    cells = [f"{100 * line['ours'][k][0]:.1f} ± {100 * line['ours'][k][1]:.1f}" if line and k in line["ours"] else "–"
+             for k in TABLE_KEYS]
+    lines.append(f"| {ROW_NAMES[name]} | " + " | ".join(cells) + " | "
+                 + " | ".join(f"{PAPER_TABLE1[name][k]:.1f}" for k in TABLE_KEYS) + " |")
+source = (f"Ours: profile `{table_profile}`, seeds {ours[next(iter(ours))]['seeds']}, detections from the person "
+          "detector trained in the same run." if ours else
+          "*No Table 1 run is recorded yet; the command below makes one (the columns marked – fill in).*")
+display(Markdown(source + "\n\n" + "\n".join(lines) + "\n\n`python -m hparse.experiments.holistic_table1 "
+                 "--profile cpu --seeds 0 1 --crowding`"))
+
+# %% [markdown]
+# AP^r against crowding, for the end-to-end OHEM model (trained at SynthCrowd's default crowding 0.5), from the same
+# command's `--crowding` record:
+
+# %%
+crowd = find_results("holistic_crf/table1_crowding", profiles=("gpu", "cpu"))
+if crowd is None:
+    display(Markdown("*No crowding record yet (`--crowding` above).*"))
+else:
+    levels = crowd["metrics"]["per_level"]
+    fig, ax = plt.subplots(figsize=(4.5, 2.8))
+    for key in TABLE_KEYS:
+        ax.plot([float(c) for c in levels], [levels[c][key] for c in levels], "o-", ms=3, label=key)
+    ax.set_xlabel("crowding")
+    ax.set_ylabel("AP^r")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+
+# %% [markdown]
 # ## Summary
 #
 # - The Instance CRF labels each pixel with (detection, part) or background. Its unary is the log of a box term
@@ -468,17 +593,19 @@ display(Markdown("Ours (SynthCrowd val, simulated inputs, this run; means over t
 # - `method="fast"` computes the dense messages without an $N\times N$ matrix: separable convolutions, plus
 #   attention over Gaussian clouds of pixels. It is exact at stride 1. The benchmark above gives its error at
 #   coarser strides.
-# - Eq. 4's Hungarian matching makes the loss indifferent to the order of the detections; OHEM keeps the hardest
-#   12% of the pixels.
+# - Eq. 4's Hungarian matching makes the loss indifferent to the order of the detections: it permutes whole persons,
+#   so every part of a matched person keeps its own label on its detection; OHEM keeps the hardest 12% of the pixels.
+# - `build_model("holistic_crf")` puts the pieces together (FCN with pyramid pooling, detector, CRF, matched loss);
+#   piecewise training fixes the segmentation network, end-to-end training moves it through the CRF.
 #
 # ## Exercises
 #
 # 1. Scale the kernel widths with the image (e.g. $\theta_\alpha = 49 \cdot S/500$, $\theta_\gamma = 3 \cdot
 #    S/500$ for an $S$-pixel image) and repeat the ablation. Does the pairwise term start to help small parts?
-# 2. Train with `normalize=True` (the released layers' normalised kernels, weights 4 and 3) instead of the
+# 2. Train with `normalize=False` (plain kernel sums, weights divided by $2\pi\theta^2 - 1$) instead of the
 #    default. Which weights does training move, and how do the learned CRFs compare?
-# 3. Replace `level="segment"` by `level="person"` in `hungarian_matched_loss`, so that all parts of a person
-#    follow one detection. When do the two matchings differ, and does it change what the weights learn?
+# 3. Pass `level="segment"` to `hungarian_matched_loss`, so that each (person, part) segment is matched on its
+#    own. When do the two matchings differ, and does it change what the weights learn?
 # 4. Truncate the box from the side instead of from below (edit `boxes` directly). Why does the pairwise term
 #    carry the person's label across the box edge better now? (Hint: Potts messages are label-specific.)
 # 5. Time `method="fast"` with `app_max_keys` = 512, 2048 and 8192 at 256×256 and plot time against the

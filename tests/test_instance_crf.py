@@ -8,6 +8,7 @@ import torch
 from hparse.ops import ohem
 from hparse.ops.instance_crf import (
     EXACT_MAX_PIXELS,
+    CRFOptions,
     InstanceCRF,
     crf_channel,
     crf_instances,
@@ -19,6 +20,7 @@ from hparse.ops.instance_crf import (
     instance_crf,
     instance_unary,
     match_segments,
+    pairwise_messages,
     squash_detection_scores,
 )
 
@@ -145,6 +147,53 @@ def test_pairwise_changes_the_result(scene):
 # --------------------------------------------------------------------------------------------- exact vs fast
 
 
+def test_options_are_one_dataclass(scene):
+    opts = CRFOptions(iters=2, normalize=False, method="exact")
+    a = instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], options=opts)
+    b = instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], iters=2, normalize=False,
+                     method="exact")
+    torch.testing.assert_close(a, b)
+    assert InstanceCRF(options=opts, iters=3).options == CRFOptions(iters=3, normalize=False, method="exact")
+    with pytest.raises(TypeError, match="unknown option"):
+        instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], itres=2)
+    with pytest.raises(ValueError, match="method"):
+        CRFOptions(method="lattice")
+
+
+def test_public_names_stay_importable():
+    import hparse.ops as ops
+
+    for name in ("match_segments", "crf_channel", "instance_crf", "InstanceCRF", "hungarian_matched_loss",
+                 "crf_prediction", "squash_detection_scores"):
+        assert hasattr(ops, name)
+    assert ops.crf_channel(2, 3, 19) == 1 + 19 + 2
+
+
+def test_normalised_kernels_do_not_depend_on_kernel_mass(scene):
+    """The default (normalised, released) kernels average the neighbours' Q: a label held by every pixel gets the
+    message w_app + w_smooth = 7 everywhere. The plain sums with their uniform-region weights give the same only
+    where a pixel has the full kernel mass 2πθ² - 1; on a small image the appearance part is a few percent of it."""
+    image = scene["image"]
+    uniform = torch.zeros(2, *image.shape[1:])
+    uniform[1] = 1.0  # every pixel holds label 1
+    for normalize in (True, False):
+        w_app, w_smooth = default_pairwise_weights(normalize)
+        app, smooth = pairwise_messages(uniform.double(), image, method="exact", normalize=normalize)
+        if normalize:
+            torch.testing.assert_close(w_app * app[1], torch.full_like(app[1], 4.0))
+            torch.testing.assert_close(w_smooth * smooth[1], torch.full_like(smooth[1], 3.0))
+        else:
+            # appearance: well under a tenth of the released message at every pixel of this 24 x 28 image
+            assert (w_app * app[1]).max() < 0.1 * 4.0
+            # smoothness (θγ = 3) reaches its full mass away from the border: the released message there
+            interior = (w_smooth * smooth[1])[10:14, 10:18]
+            torch.testing.assert_close(interior, torch.full_like(interior, 3.0), atol=0.05, rtol=0)
+    # The defaults are the normalised form.
+    out = instance_crf(scene["Q"], scene["boxes"], scene["scores"], image, method="exact")
+    ref = instance_crf(scene["Q"], scene["boxes"], scene["scores"], image, method="exact", normalize=True)
+    torch.testing.assert_close(out, ref)
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_fast_matches_exact(normalize):
     s = make_scene(dtype=torch.float64)
@@ -221,8 +270,9 @@ def test_module_weights_are_learnable(scene):
     crf = InstanceCRF(iters=2)
     names = {n for n, _ in crf.named_parameters()}
     assert names == {"log_w_box", "log_w_global", "log_w_app", "log_w_smooth"}
-    assert crf.weights() == pytest.approx({"w_box": 1.0, "w_global": 1.0, "w_app": default_pairwise_weights(False)[0],
-                                           "w_smooth": default_pairwise_weights(False)[1]})
+    assert crf.weights() == pytest.approx({"w_box": 1.0, "w_global": 1.0, "w_app": default_pairwise_weights(True)[0],
+                                           "w_smooth": default_pairwise_weights(True)[1]})
+    assert default_pairwise_weights(True) == (4.0, 3.0)  # the released weights of normalised kernels (the default)
     scores = scene["scores"].clone().requires_grad_(True)
     Q = scene["Q"].clone().requires_grad_(True)
     out = crf(Q, scene["boxes"], scores, scene["image"], log_probs=True)
@@ -400,20 +450,72 @@ def test_matched_loss_from_probabilities_matches_log_form(scene):
 def test_unmatched_segments_become_background_or_ignored(scene):
     inst, sem, P = scene["instances"], scene["semantic"], scene["num_parts"]
     pred = _perfect_prediction(inst, sem, P, [1])  # one detection: person 2 was missed
-    m = match_segments(pred.argmax(0), inst, sem, 1, P)
-    assert sorted(m.unmatched) == [(2, j) for j in range(1, P + 1)]
-    person2 = (inst == 2) & (sem > 0)
-    assert (m.target[person2] == 0).all()
-    assert (m.target[(inst == 1) & (sem > 0)] == (sem[(inst == 1) & (sem > 0)])).all()  # (1, j) = channel j
-    ignored = match_segments(pred.argmax(0), inst, sem, 1, P, unmatched="ignore")
-    assert (ignored.target[person2] == 255).all()
+    for level in ("person", "segment"):
+        m = match_segments(pred.argmax(0), inst, sem, 1, P, level=level)
+        assert sorted(m.unmatched) == [(2, j) for j in range(1, P + 1)]
+        person2 = (inst == 2) & (sem > 0)
+        assert (m.target[person2] == 0).all()  # the undetected person goes to background
+        assert (m.target[(inst == 1) & (sem > 0)] == (sem[(inst == 1) & (sem > 0)])).all()  # (1, j) = channel j
+        ignored = match_segments(pred.argmax(0), inst, sem, 1, P, level=level, unmatched="ignore")
+        assert (ignored.target[person2] == 255).all()
 
 
 def test_person_level_matching_keeps_parts_together(scene):
     inst, sem, P = scene["instances"], scene["semantic"], scene["num_parts"]
     pred = _perfect_prediction(inst, sem, P, [2, 1])
-    m = match_segments(pred.argmax(0), inst, sem, 2, P, level="person")
+    m = match_segments(pred.argmax(0), inst, sem, 2, P)  # level="person" is the default (Eq. 4)
     assert sorted(m.pairs) == sorted([(2, j, 1) for j in range(1, P + 1)] + [(1, j, 2) for j in range(1, P + 1)])
+
+
+def _relabel(labels, mask, channel):
+    out = labels.clone()
+    out[mask] = channel
+    return out
+
+
+def test_mislabelled_part_of_a_detected_person_keeps_its_part_label(scene):
+    # Person 1 is detection 1, but its part 1 (the "hair") is predicted as part 2 (the "face") of detection 1.
+    inst, sem, P = scene["instances"], scene["semantic"], scene["num_parts"]
+    hair = (inst == 1) & (sem == 1)
+    labels = _relabel(_perfect_prediction(inst, sem, P, [1, 2]).argmax(0), hair, crf_channel(1, 2, P))
+    m = match_segments(labels, inst, sem, 2, P)
+    assert (m.target[hair] == crf_channel(1, 1, P)).all()  # (detection 1, hair): right person, right part
+    assert (1, 1, 1) in m.pairs and m.unmatched == []
+    # The per-segment reading sends it to background, which would teach the CRF to drop the detected hair.
+    seg = match_segments(labels, inst, sem, 2, P, level="segment")
+    assert (seg.target[hair] == 0).all() and (1, 1) in seg.unmatched
+
+
+def test_split_person_is_reunited_on_one_detection(scene):
+    # Three detections: person 1's top rows went to detection 3, the rest of it to detection 1.
+    inst, sem, P = scene["instances"], scene["semantic"], scene["num_parts"]
+    labels = _perfect_prediction(inst, sem, P, [1, 2], num_det=3).argmax(0)
+    top = (inst == 1) & (sem > 0) & (torch.arange(24)[:, None] < 7)
+    labels[top] = 1 + 2 * P + (sem[top] - 1)  # (3, j)
+    m = match_segments(labels, inst, sem, 3, P)
+    person1 = (inst == 1) & (sem > 0)
+    assert (crf_instances(m.target, P)[person1] == 1).all()  # every part of person 1 on detection 1
+    assert (crf_semantic(m.target, P)[person1] == sem[person1]).all()  # each with its own part label
+    assert (crf_instances(m.target, P)[(inst == 2) & (sem > 0)] == 2).all()
+    # Per segment, part 1 (only in the top rows) would follow detection 3: the person stays split.
+    seg = match_segments(labels, inst, sem, 3, P, level="segment")
+    assert len(torch.unique(crf_instances(seg.target, P)[person1])) == 2
+
+
+def test_boxes_match_a_person_the_crf_has_not_claimed_yet(scene):
+    # Early in training the CRF may give a detected person's pixels to the background: without boxes that person
+    # looks undetected; with the detection boxes it is matched to the detection whose box covers it.
+    inst, sem, P = scene["instances"], scene["semantic"], scene["num_parts"]
+    labels = _perfect_prediction(inst, sem, P, [1, 2]).argmax(0)
+    labels[inst == 2] = 0
+    plain = match_segments(labels, inst, sem, 2, P)
+    assert (plain.target[(inst == 2) & (sem > 0)] == 0).all()
+    boxed = match_segments(labels, inst, sem, 2, P, boxes=scene["boxes"])
+    person2 = (inst == 2) & (sem > 0)
+    assert (crf_instances(boxed.target, P)[person2] == 2).all() and boxed.unmatched == []
+    # A box that covers nobody does not take a person.
+    far = torch.tensor([[3.0, 2.0, 12.0, 20.0], [0.0, 22.0, 2.0, 24.0]])
+    assert (match_segments(labels, inst, sem, 2, P, boxes=far).target[person2] == 0).all()
 
 
 def test_ignore_label_is_ignored(scene):

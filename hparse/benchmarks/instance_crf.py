@@ -7,7 +7,7 @@ smooth noise) and jittered ground-truth boxes, so no trained network is needed. 
 - ``small``: at 64×64 (smoke: 32×32), D people of SynthCrowd and P = 19 CIHP parts, 5 mean-field iterations:
   wall time of ``method="exact"`` and ``method="fast"``, and the fast path's error against exact — max and mean
   |ΔQ| over all labels and pixels, and the fraction of pixels whose arg-max label differs — for the default grid
-  stride and for forced strides 1, 2, 4, 8, with unnormalised (default) and normalised kernels.
+  stride and for forced strides 1, 2, 4, 8, with normalised (default) and unnormalised kernels.
 - ``large``: ``method="fast"`` at 512×512 (smoke: 96×96) with D = 1, 4, 16 (smoke: 1, 4) and P = 20, 5
   iterations, without gradients. On a CPU every size runs once (a 512×512, D = 16 run takes minutes there); on a
   GPU the median of the profile's repeats after one warm-up run.

@@ -16,6 +16,7 @@ __all__ = ["MODELS", "build_model", "model_names"]
 
 MODELS: dict[str, str] = {
     "attention_rcnn": "attention_rcnn:AttentionRCNN",
+    "holistic_crf": "holistic:HolisticCRF",
     "mg_parser": "mg_parser:MGParser",
     "parsing_rcnn": "parsing_rcnn:ParsingRCNN",
 }
