@@ -292,9 +292,9 @@ def _to_original(pred: dict, seen: tuple[int, int], original: tuple[int, int]) -
         keypoints[..., 0] *= sx
         keypoints[..., 1] *= sy
         out["keypoints"] = keypoints
-    for key, value in pred.items():  # anything else at image resolution (a model's extra maps) is left out
-        if isinstance(value, torch.Tensor) and value.ndim >= 2 and tuple(value.shape[-2:]) == seen and \
-                key not in ("semantic", "person_parts"):
+    contract = ("semantic", "person_parts", "person_scores", "person_boxes", "keypoints", "part_scores")
+    for key, value in pred.items():  # a model's extra maps at the resolution it saw are left out
+        if key not in contract and isinstance(value, torch.Tensor) and tuple(value.shape[-2:]) == seen:
             out.pop(key)
     return out
 
@@ -488,9 +488,12 @@ def predict(model_or_checkpoint: nn.Module | str | os.PathLike, images: Any, *, 
         hparse.engine.checkpoint.CheckpointError: the checkpoint is missing or unreadable.
     """
     single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor))
+    was_training = isinstance(model_or_checkpoint, nn.Module) and model_or_checkpoint.training
     predictor = Predictor.load(model_or_checkpoint, size=size, device=device, batch_size=batch_size)
-    preds = [keep_persons(p, score_thresh) for p in predictor([images] if single else list(images), progress)]
-    return preds
+    try:
+        return [keep_persons(p, score_thresh) for p in predictor([images] if single else list(images), progress)]
+    finally:
+        predictor.model.train(was_training)  # a model passed in keeps its mode
 
 
 # ------------------------------------------------------------------------------------------------- writing
