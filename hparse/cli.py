@@ -1,10 +1,27 @@
-"""The ``hparse`` command line.
+"""The ``hparse`` command line: argument parsing and dispatch only.
 
-Each command is a ``_cmd_<name>(args) -> int`` function and a block in :func:`build_parser`; heavy imports happen
-inside the command so that ``hparse --help`` stays fast. Errors a user can fix (a missing folder, a bad flag value, a
-corrupt dataset file, a checkpoint of another run, a results file of a longer run) are printed as one message on
-stderr with exit status 2, without a traceback; ``--debug`` (or ``HPARSE_DEBUG=1``) shows the traceback instead.
-Flag values are checked when they are parsed and the run's folder, device and memory before a model is built.
+Each command is a ``_cmd_<name>(args) -> int`` function and a block in :func:`build_parser`; it turns its flags
+into a call of the function that does the work, beside what it runs, and prints what came back:
+
+=========================  ============================================================================
+``data preview``           :func:`hparse.viz.overlay.write_sample_grid`
+``data verify``            :func:`hparse.data.verify.verify_split`
+``data export``            :func:`hparse.data.export.export_synth`
+``evaluate --pred``        :func:`hparse.metrics.io.score_folder` (ground truth: :func:`hparse.data.verify.open_split`)
+``evaluate --checkpoint``  :func:`hparse.engine.runs.evaluate_checkpoint`
+``train``                  :func:`hparse.engine.runs.method_recipe`, :func:`hparse.engine.runs.train_from_recipe`
+``demo``                   :func:`hparse.engine.runs.run_demo`
+``predict``                :func:`hparse.engine.predict.parse_files`
+``pretrain``               :func:`hparse.engine.pretrain.pretrain_backbone`
+``bench``                  :func:`hparse.benchmarks.run_benchmark`
+=========================  ============================================================================
+
+Heavy imports happen inside the command so that ``hparse --help`` stays fast (``train --model``'s choices, the
+methods of :data:`hparse.recipes.METHODS`, are read only when needed). Errors a user can fix (a missing folder, a bad
+flag value, a corrupt dataset file, a checkpoint of another run, a results file of a longer run) are printed as one
+message on stderr with exit status 2, without a traceback; ``--debug`` (or ``HPARSE_DEBUG=1``) shows the traceback
+instead. Flag values are checked when they are parsed and the run's folder, device and memory before a model is
+built. ``hparse predict`` exits with 1 when it skipped a file it could not read (and 0 when it parsed them all).
 """
 
 from __future__ import annotations
@@ -13,6 +30,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "UserError"]
@@ -28,8 +46,10 @@ _USER_ERRORS = {
     "hparse.data.io": ("DatasetError",),
     "hparse.engine.checkpoint": ("CheckpointError",),
     "hparse.engine.identity": ("RunMismatchError",),
+    "hparse.engine.predict": ("PredictSetupError", "ImageReadError"),
     "hparse.engine.results": ("ResultConflictError",),
     "hparse.engine.rundir": ("RunLockedError",),
+    "hparse.engine.runs": ("RunSetupError",),
     "hparse.metrics.checks": ("MetricInputError",),
     "hparse.metrics.io": ("PredictionFormatError",),
     "hparse.models.inputs": ("ImageInputError",),
@@ -51,6 +71,29 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+class _Choices(Sequence):
+    """Choices of a flag read from a module when first needed: ``train --model`` takes the methods of
+    :data:`hparse.recipes.METHODS`, so a method added there is a choice here. Reading them imports torch, which
+    ``hparse --help`` and the OpenMP setting of :func:`_passive_cpu_threads` must not."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def _names(self) -> list[str]:
+        import importlib
+
+        return list(getattr(importlib.import_module(self.module), self.name))
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value) -> bool:
+        return value in self._names()
 
 
 def _number(kind, minimum=None, above=None, what=""):
@@ -79,6 +122,14 @@ _positive_float = _number(float, above=0)
 _finite_float = _number(float)
 
 
+def _fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1]."""
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a score), got {text!r}")
+    return value
+
+
 def _profile(args):
     """The run profile of ``--profile`` / ``$HPARSE_PROFILE``, an unknown name being a user error."""
     from .engine import get_profile
@@ -100,47 +151,18 @@ def _device(name):
         raise UserError(f"--device {name}: {message}; pass --device cpu (or leave --device out)") from None
 
 
-def _check_out_dir(out: Path) -> None:
-    """``--out`` must be a folder this process can create and write to; checked before any model is built."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; pass a folder for the run (created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        import tempfile
+def _passive_cpu_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning, before torch loads its OpenMP runtime.
 
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserError(f"--out {out} cannot be created or written to ({err.strerror or err}); choose another "
-                        "--out") from None
-
-
-#: A floor on the training memory of one input pixel of a ResNet-FPN top-down parser (float32 activations kept for the
-#: backward pass): torchvision's Mask R-CNN R50-FPN takes 2-3 GB per 800x1333 image, over 2 KiB per pixel. Used only
-#: to refuse a batch that cannot fit, so an underestimate errs on the side of trying.
-_TRAIN_BYTES_PER_PIXEL = 1024
-
-
-def _available_memory(device) -> tuple[int, str]:
-    import torch
-
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.cuda.get_device_properties(index).total_memory, torch.cuda.get_device_name(index)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
-    except (ValueError, OSError, AttributeError):
-        return 0, "this machine"
-
-
-def _check_batch_memory(batch_size: int, height: int, width: int, device) -> None:
-    """Refuse a batch whose estimated training memory exceeds the device's, naming the estimate."""
-    need = batch_size * height * width * _TRAIN_BYTES_PER_PIXEL
-    available, where = _available_memory(device)
-    if available and need > available:
-        raise UserError(f"--batch-size {batch_size} needs an estimated {need / 2**30:,.1f} GiB to train at "
-                        f"{height}x{width} pixels (at least {_TRAIN_BYTES_PER_PIXEL // 1024} KiB per pixel per "
-                        f"image), more than the {available / 2**30:,.1f} GiB of {where}; lower --batch-size")
+    By default OpenMP worker threads busy-wait between parallel regions. On a machine whose cores are shared with
+    other work (a laptop, CI, a shared server) they then fight for the cores with the other processes and every small
+    operator waits for descheduled threads: a training step of the cpu demo measured 7-11 s with two spinning threads
+    against 0.8 s with ``OMP_WAIT_POLICY=PASSIVE`` (2 cores, load average ~4). The number of torch threads is left
+    at torch's default (all cores). A value the user already set wins; once torch is imported it is too late, so
+    this runs first in the commands that run a model.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _add_profile(parser: argparse.ArgumentParser) -> None:
@@ -184,22 +206,32 @@ def _synth_from_args(args):
                                          "--max-people, --crowding, --seed): ")) from None
 
 
+def _print_metrics(metrics: dict, keys=("mIoU", "APp50", "APpvol", "PCP50", "APr50"), width: int = 8) -> None:
+    for key in keys:
+        if key in metrics:
+            print(f"  {key:<{width}} {metrics[key]:.4f}")
+
+
+def _agg_backend() -> None:
+    """Draw without a display (figures are only saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
 # ---------------------------------------------------------------------------------------------------- data
 
 
 def _cmd_data_preview(args) -> int:
     """Render a grid of samples (image with boxes and keypoints, parts, persons) to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .viz import sample_grid, save_figure
+    _agg_backend()
+    from .viz import write_sample_grid
 
     if args.dataset != "synth":
         raise UserError(f"data preview supports --dataset synth (got {args.dataset!r})")
     dataset = _synth_from_args(args)
     samples = [dataset[i] for i in range(len(dataset))]
-    fig = sample_grid(samples[: args.num], dataset.labels, panel="all" if args.num <= 4 else args.panel)
-    path = save_figure(fig, args.out)
+    path = write_sample_grid(samples[: args.num], dataset.labels, args.out, panel=args.panel)
     people = sum(len(s["boxes"]) for s in samples)
     print(f"wrote {path} ({len(samples)} SynthCrowd {args.split} images, {people} people)")
     return 0
@@ -235,35 +267,14 @@ def _cmd_data_verify(args) -> int:
     return 1 if problems else 0
 
 
-_EXPORT_FORMATS = ("cihp", "mhp", "ppp", "densepose")
-
-
 def _cmd_data_export(args) -> int:
     """Write SynthCrowd images in a real dataset's official on-disk layout (readable by that dataset's loader)."""
-    from .data.verify import open_dataset
+    from .data.export import export_synth
 
     if args.split not in ("train", "val"):
         raise UserError(f"--split must be train or val for an export (the real datasets' test splits have no "
                         f"labels), got {args.split!r}")
-    dataset = _synth_from_args(args)
-    if args.format == "cihp":
-        from .data.cihp import write_cihp
-
-        write_cihp((dataset[i] for i in range(len(dataset))), args.out, args.split)
-    elif args.format == "mhp":
-        from .data.mhp import write_mhp
-
-        write_mhp((dataset[i] for i in range(len(dataset))), args.out, args.split)
-    elif args.format == "ppp":
-        from .data.pascal_person_part import synth_to_pascal_person_part, write_pascal_person_part
-
-        write_pascal_person_part((synth_to_pascal_person_part(dataset, i) for i in range(len(dataset))), args.out,
-                                 args.split)
-    else:
-        from .data.densepose_coco import synth_to_densepose, write_densepose_coco
-
-        write_densepose_coco((synth_to_densepose(dataset, i) for i in range(len(dataset))), args.out, args.split)
-    written = open_dataset(args.format, args.out, args.split)
+    written = export_synth(_synth_from_args(args), args.format, args.out, args.split)
     people = sum(len(written[i]["boxes"]) for i in range(len(written)))
     print(f"wrote {len(written)} SynthCrowd {args.split} images ({people} people) to {args.out} in the "
           f"{written.name} layout; read them with {type(written).__name__}({str(args.out)!r}, {args.split!r})")
@@ -278,7 +289,7 @@ APpvol), PCP and AP^r (APr10..APr90, APrvol), with the official evaluation scrip
 Prediction folder layouts (--layout auto picks by the folders present; label maps are single-channel PNGs of
 label values, 8-bit or 16-bit, named by the ground truth's image id):
 
-  hparse (hparse.metrics.io.write_predictions; every metric):
+  hparse (hparse.metrics.io.write_predictions, hparse predict; every metric):
     global_parsing/<id>.png            semantic map, part label 0..n-1 per pixel
     person_parsing/<id>.txt            one line per person: "<KK> <score>" [+ n per-part scores]
     person_parsing/<id>_<NN>_<KK>.png  part map of person KK of NN (0 = not this person); persons may overlap
@@ -295,103 +306,70 @@ instance-level_human_parsing folder; for mhp, LV-MHP-v2); for synth, a SynthCrow
 `hparse data export --format cihp` (read as CIHP)."""
 
 
-def _check_score_thresh(args) -> None:
-    if not args.allow_raw_scores and not 0.0 <= args.score_thresh <= 1.0:
-        raise UserError(f"--score-thresh {args.score_thresh} is outside [0, 1], where scores lie; pass "
-                        "--allow-raw-scores to score raw, unbounded scores")
+def _evaluator_mode(args) -> dict:
+    return dict(absent_class=args.absent_class, score_thresh=args.score_thresh, skip_empty_gt=args.skip_empty_gt,
+                ap_style=args.ap_style, class_mean=args.class_mean, ignore_void=args.ignore_void)
 
 
 def _cmd_evaluate(args) -> int:
     """Score a prediction folder against a dataset split; print the metrics and optionally write them as JSON."""
-    _check_score_thresh(args)
+    if not args.allow_raw_scores and not 0.0 <= args.score_thresh <= 1.0:
+        raise UserError(f"--score-thresh {args.score_thresh} is outside [0, 1], where scores lie; pass "
+                        "--allow-raw-scores to score raw, unbounded scores")
     if args.checkpoint is not None:
         return _evaluate_checkpoint(args)
     if args.pred is None or args.gt is None or args.dataset is None:
         raise UserError("evaluate needs --pred, --gt and --dataset (prediction folder mode) or --checkpoint "
                         "(model mode)")
     import json
-    import math
 
-    import torch
-
-    from .data.io import DatasetError
-    from .metrics import MetricInputError, ParsingEvaluator
-    from .metrics.io import PredictionFormatError, PredictionReader
+    from .data.verify import open_split
+    from .engine.results import atomic_write_text
+    from .metrics.io import score_folder
 
     loader = {"cihp": "cihp", "synth": "cihp", "mhp": "mhp"}[args.dataset]
-    try:
-        from .data.verify import open_dataset
+    dataset = open_split(loader, args.gt, args.split, label=args.dataset, purpose="nothing to score")
 
-        dataset = open_dataset(loader, args.gt, args.split)
-    except ImportError as err:
-        raise UserError(f"reading {args.dataset} ground truth needs the {loader} loader of hparse.data ({err})") \
-            from None
-    except (DatasetError, ValueError, FileNotFoundError) as err:
-        raise UserError(f"cannot read the {args.dataset} {args.split} ground truth in {args.gt}: {err}") from None
-    if len(dataset) == 0:
-        raise UserError(f"the {args.dataset} {args.split} ground truth in {args.gt} lists no images; nothing to score")
-    labels = dataset.labels
-    try:
-        reader = PredictionReader(args.pred, labels.num_classes, args.layout, allow_raw_scores=args.allow_raw_scores)
-        unmatched = sorted(reader.image_ids() - set(dataset.ids))
-    except PredictionFormatError as err:
-        raise UserError(str(err)) from None
-    if unmatched:  # not scored; usually the wrong split or renamed files, so say so before the numbers
+    def note(unmatched):  # not scored; usually the wrong split or renamed files, so say so before the numbers
         print(f"note: {len(unmatched)} predictions in {args.pred} are for images not in the {args.dataset} "
               f"{args.split} ground truth and are not scored, e.g. {', '.join(unmatched[:3])}", file=sys.stderr)
 
-    missing = [i for i in dataset.ids if not reader.has(i)]
-    if missing and args.missing == "error":
-        raise UserError(f"{len(missing)} of {len(dataset)} {args.split} images have no prediction in {args.pred} "
-                        f"({reader.layout} layout), e.g. {', '.join(missing[:3])}; pass --missing skip or "
-                        f"--missing empty to score them anyway")
-    evaluator = ParsingEvaluator(
-        labels.num_classes, class_names=labels.names, absent_class=args.absent_class, score_thresh=args.score_thresh,
-        skip_empty_gt=args.skip_empty_gt, ap_style=args.ap_style, class_mean=args.class_mean,
-        ignore_void=args.ignore_void, metrics=reader.metrics)
-    skipped = set(missing) if args.missing == "skip" else set()
-    for index, image_id in enumerate(dataset.ids):
-        if image_id in skipped:
-            continue
-        target = dataset[index]
-        shape = tuple(target["semantic"].shape)
-        try:
-            if image_id in missing:  # --missing empty: no person, everything background
-                pred = {"semantic": torch.zeros(shape, dtype=torch.int64),
-                        "person_parts": torch.zeros((0, *shape), dtype=torch.int64), "person_scores": torch.zeros(0)}
-            else:
-                pred = reader.read(image_id, shape)
-            evaluator.update(pred, target)
-        except (PredictionFormatError, MetricInputError) as err:
-            raise UserError(f"{args.pred}: {err}") from None
-
-    metrics = evaluator.compute()
-    headline = [k for k in ("mIoU", "pixel_acc", "APp50", "APpvol", "PCP50", "APr50", "APr60", "APr70", "APrvol")
-                if k in metrics]
+    score = score_folder(args.pred, dataset, layout=args.layout, missing=args.missing,
+                         allow_raw_scores=args.allow_raw_scores, on_unmatched=note, **_evaluator_mode(args))
+    metrics = score.metrics
     print(f"{args.dataset} {args.split}: {metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
-          f"{metrics['num_pred_persons']} predicted persons ({reader.layout} layout"
-          f"{f', {len(skipped)} skipped' if skipped else ''})")
-    for key in headline:
-        print(f"  {key:<10} {metrics[key]:.4f}")
+          f"{metrics['num_pred_persons']} predicted persons ({score.layout} layout"
+          f"{f', {len(score.skipped)} skipped' if score.skipped else ''})")
+    _print_metrics(metrics, ("mIoU", "pixel_acc", "APp50", "APpvol", "PCP50", "APr50", "APr60", "APr70", "APrvol"),
+                   width=10)
     if args.json is not None:
-        from .engine.results import atomic_write_text
-
-        def finite(value):  # JSON has no NaN: an undefined metric is null
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            return [finite(v) for v in value] if isinstance(value, list) else value
-
-        record = {"metrics": {k: finite(v) for k, v in metrics.items()}, "evaluator": evaluator.config(),
-                  "dataset": args.dataset, "split": args.split, "pred": str(args.pred), "gt": str(args.gt),
-                  "layout": reader.layout, "skipped": sorted(skipped), "unmatched_predictions": unmatched}
+        record = score.record(dataset=args.dataset, split=args.split, pred=str(args.pred), gt=str(args.gt))
         atomic_write_text(Path(args.json), json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
 
+def _evaluate_checkpoint(args) -> int:
+    """``hparse evaluate --checkpoint``: rebuild the model from its checkpoint and score it on a dataset split."""
+    from .engine.runs import evaluate_checkpoint
+
+    profile, device = _profile(args), _device(args.device)
+    result = evaluate_checkpoint(args.checkpoint, profile, device=device, dataset=args.dataset, gt=args.gt,
+                                 split=args.split, num=args.num, seed=args.seed, record=args.record, force=args.force,
+                                 json_path=args.json, evaluator_mode=_evaluator_mode(args))
+    metrics = result["metrics"]
+    print(f"{args.checkpoint} (step {result['step']}) on {result['dataset']} {args.split}: "
+          f"{metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
+          f"{metrics['num_pred_persons']} predicted persons")
+    _print_metrics(metrics)
+    for key in ("record", "json"):
+        if result[key] is not None:
+            print(f"wrote {result[key]}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- train, demo
 
-_MODEL_FLAGS = ("backbone", "pss", "roi_size", "gce", "ipbc", "parsing_batch")
 _SWITCH = {"on": True, "off": False}
 
 
@@ -414,166 +392,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--parsing-batch", type=_positive_int, default=None, help="parsing RoIs per image in training")
 
 
-def _mg_parser_config(args, profile) -> dict:
-    """The profile's mg_parser recipe (its flags are build_model keywords; the command line sets only the backbone)."""
-    from .recipes import recipe as method_recipe
+def _recipe_from_args(args, profile) -> dict:
+    """The profile's recipe of ``--model`` with the command line's component flags on top."""
+    from .engine.runs import PARSING_RCNN_FLAGS, method_recipe
 
-    given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
-             and flag != "backbone"] + (["--attention"] if getattr(args, "attention", None) is not None else [])
-    if given:
-        raise UserError(f"{', '.join(given)}: top-down component flags do not apply to mg_parser")
-    try:
-        recipe = method_recipe("mg_parser", profile, args.dataset)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if args.backbone is not None:
-        recipe["model"]["backbone"] = args.backbone
-    if getattr(args, "backbone_weights", None):
-        recipe["model"]["backbone_weights"] = args.backbone_weights
-    return recipe
+    flags = {name: _SWITCH.get(value, value) if isinstance(value, str) else value
+             for name in PARSING_RCNN_FLAGS if (value := getattr(args, name, None)) is not None}
+    return method_recipe(args.model, profile, args.dataset, flags=flags, attention=args.attention,
+                         backbone=args.backbone, backbone_weights=args.backbone_weights)
 
 
-def _model_config(args, profile) -> dict:
-    """The profile's recipe for the model and dataset with the command line's component flags on top."""
-    from .recipes import recipe as method_recipe
-
-    if getattr(args, "model", None) == "mg_parser":
-        return _mg_parser_config(args, profile)
-
-    if getattr(args, "model", "parsing_rcnn") == "attention_rcnn":
-        given = [f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag, None) is not None
-                 and flag != "backbone"]
-        if given:
-            raise UserError(f"{', '.join(given)}: Parsing R-CNN component flags do not apply to attention_rcnn "
-                            f"(its component is --attention)")
-        if args.dataset != "synth":
-            raise UserError("attention_rcnn has a training recipe for SynthCrowd only (--dataset synth); for a real "
-                            "dataset build it with hparse.models.build_model and train with hparse.engine.train")
-        attention = None if args.attention == "none" else (args.attention or "concat_after_conv4")
-        recipe = method_recipe("attention_rcnn", profile, args.dataset, attention=attention)
-        if args.backbone is not None:
-            recipe["model"]["backbone"] = args.backbone
-    else:
-        if getattr(args, "attention", None) is not None:
-            raise UserError("--attention applies to --model attention_rcnn only")
-        recipe = method_recipe("parsing_rcnn", profile, args.dataset)
-        for flag in _MODEL_FLAGS:
-            value = getattr(args, flag, None)
-            if value is not None:
-                recipe["model"][flag] = _SWITCH.get(value, value) if isinstance(value, str) else value
-    model = recipe["model"]
-    if getattr(args, "backbone_weights", None):
-        model["backbone_weights"] = args.backbone_weights
-    return recipe
-
-
-def _train_dataset(args, profile, split: str, num: int):
-    """SynthCrowd at the profile's size, or a real dataset read from ``--root``; an empty split is a user error."""
-    if args.dataset == "synth":
-        from .data import SynthCrowd
-
-        try:
-            return SynthCrowd(split=split, num_images=num, image_size=profile.image_size, min_people=1,
-                              max_people=profile.max_people, seed=args.seed)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    if args.root is None:
-        raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder; see data_scripts/README.md)")
-    from .data.io import DatasetError
-    from .data.verify import open_dataset
-
-    try:
-        dataset = open_dataset(args.dataset, args.root, split)
-    except (DatasetError, ValueError, FileNotFoundError, KeyError) as err:
-        raise UserError(f"cannot read the {args.dataset} {split} split in {args.root}: {err}") from None
-    if len(dataset) == 0:
-        raise UserError(f"the {args.dataset} {split} split in {args.root} lists no images (its image list is "
-                        "empty); nothing to train or evaluate on")
-    return dataset
-
-
-def _passive_cpu_threads() -> None:
-    """Let idle OpenMP threads sleep instead of spinning, before torch loads its OpenMP runtime.
-
-    By default OpenMP worker threads busy-wait between parallel regions. On a machine whose cores are shared with
-    other work (a laptop, CI, a shared server) they then fight for the cores with the other processes and every small
-    operator waits for descheduled threads: a training step of the cpu demo measured 7-11 s with two spinning threads
-    against 0.8 s with ``OMP_WAIT_POLICY=PASSIVE`` (2 cores, load average ~4). The number of torch threads is left
-    at torch's default (all cores). A value the user already set wins; once torch is imported it is too late, so
-    this runs first in the training commands.
-    """
-    import os
-
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _train_run(args, profile, *, iterations, out_dir, record, quiet=False, recipe=None):
-    """Check the arguments, build the model, train it, evaluate it; returns (model, summary, recipe, eval_dataset).
-
-    ``recipe`` (``{"model", "train", "data"}``) replaces the profile's :func:`hparse.recipes.recipe` (``hparse demo``
-    passes :func:`hparse.recipes.demo_recipe`'s); SynthCrowd is drawn at the recipe's sizes. ``record`` names the
-    ``results/`` file to write besides the run folder's own ``result.json`` (``None``: none).
-    """
-    import torch
-
-    from .engine import train
-    from .models import build_model
-
-    device = _device(args.device)
-    _check_out_dir(Path(out_dir))
-    from .recipes import warmup_steps
-
-    recipe = _model_config(args, profile) if recipe is None else recipe
-    model_cfg, train_cfg = recipe["model"], recipe["train"]
-    profile = profile.override(**recipe.get("data", {}))
-    train_set = _train_dataset(args, profile, "train", profile.train_images)
-    val_set = _train_dataset(args, profile, "val", profile.val_images)
-    if iterations is not None:
-        train_cfg["iterations"] = iterations
-        train_cfg["warmup"] = min(train_cfg["warmup"], warmup_steps(iterations))
-    for key in ("batch_size", "lr"):
-        if getattr(args, key, None) is not None:
-            train_cfg[key] = getattr(args, key)
-    if getattr(args, "workers", None) is not None:
-        train_cfg["num_workers"] = args.workers
-    sizes = model_cfg.get("train_sizes") or [model_cfg.get("test_size") or profile.image_size]
-    height = max(sizes) if isinstance(sizes, (list, tuple)) else sizes
-    _check_batch_memory(train_cfg["batch_size"], height, model_cfg.get("max_size") or height, device)
-    config = {"model": {"name": args.model, **model_cfg}, "train": train_cfg, "dataset": args.dataset,
-              "train_images": len(train_set), "val_images": len(val_set), "seed": args.seed}
-    if args.dataset == "synth":
-        config.update(image_size=profile.image_size, max_people=profile.max_people)
-    if record is not None and not getattr(args, "force", False):  # refuse before building anything
-        from .engine.results import check_replace, result_path
-
-        try:
-            path = result_path(record, profile.name)
-        except ValueError as err:
-            raise UserError(f"--record {record}: {err}") from None
-        check_replace(path, config, train_cfg["iterations"])
-    torch.manual_seed(args.seed)
-    try:
-        model = build_model(args.model, num_classes=train_set.labels.num_classes, **model_cfg)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:  # FileNotFoundError: a missing starting point
-        raise UserError(str(err)) from None
-    if not quiet:
-        print(f"training {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images, "
-              f"profile {profile.name}, {device}) -> {out_dir}")
-    summary = train(model, train_set, eval_dataset=val_set, out_dir=out_dir, resume=not args.no_resume,
-                    seed=args.seed, device=device, result_name=record, profile=profile.name, config=config,
-                    progress=not quiet, skip_bad=getattr(args, "skip_bad", False),
-                    force_record=getattr(args, "force", False), **train_cfg)
-    return model, summary, recipe, val_set
-
-
-def _print_metrics(metrics: dict) -> None:
-    for key in ("mIoU", "APp50", "APpvol", "PCP50", "APr50"):
-        if key in metrics:
-            print(f"  {key:<8} {metrics[key]:.4f}")
-
-
-def _print_records(summary: dict) -> None:
+def _print_run(summary: dict) -> None:
+    """A finished run's metrics, the images it skipped and the records it wrote."""
+    _print_metrics(summary["metrics"] or {})
     skipped = summary.get("skipped") or []
     if skipped:
         print(f"skipped {len(skipped)} unreadable training image{'s' * (len(skipped) != 1)} (--skip-bad):")
@@ -585,76 +416,86 @@ def _print_records(summary: dict) -> None:
 
 
 def _cmd_train(args) -> int:
-    """Train a top-down model with the profile's recipe; checkpoint, log and the run's record with provenance."""
+    """Train a model with the profile's recipe; checkpoint, log and the run's record with provenance."""
     _passive_cpu_threads()
+    from .engine.runs import train_from_recipe
+
     profile = _profile(args)
+    device = _device(args.device)
     out_dir = args.out or Path("runs") / f"{args.model}_{args.dataset}_{profile.name}"
-    _, summary, _, _ = _train_run(args, profile, iterations=args.iterations, out_dir=out_dir, record=args.record)
+    recipe = _recipe_from_args(args, profile)
+    run = train_from_recipe(args.model, recipe, profile, out_dir=out_dir, device=device, dataset=args.dataset,
+                            root=args.root, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                            workers=args.workers, seed=args.seed, resume=not args.no_resume, record=args.record,
+                            force=args.force, skip_bad=args.skip_bad, announce=print)
+    summary = run.summary
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s); checkpoint {summary['checkpoint']}")
-    if summary["metrics"]:
-        _print_metrics(summary["metrics"])
-    _print_records(summary)
+    _print_run(summary)
     return 0
+
+
+def _image_files(inputs, flag: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files of ``inputs`` (files and folders) and the inputs that do not exist; finding no file at all
+    is a user error."""
+    from .engine.predict import IMAGE_SUFFIXES, find_images
+
+    files, missing = find_images(inputs)
+    if missing and not files:
+        raise UserError(f"{flag} {missing[0][0]}: {missing[0][1]}")
+    if not files:
+        raise UserError(f"{flag}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+    return files, missing
+
+
+def _report_skip(path, message) -> None:
+    print(f"hparse: skipped {path}: {message}", file=sys.stderr, flush=True)
+
+
+def _print_parsed(summary, what: str) -> None:
+    count = len(summary.parsed)
+    skipped = len(summary.skipped)
+    print(f"parsed {count} {what}{'s' * (count != 1)} ({summary.persons} person{'s' * (summary.persons != 1)}) "
+          f"into {summary.out_dir} (overlays in {summary.out_dir / 'overlay'})"
+          f"{f'; skipped {skipped} unreadable file' + 's' * (skipped != 1) if skipped else ''}")
 
 
 def _cmd_demo(args) -> int:
-    """Train a small Parsing R-CNN on SynthCrowd, evaluate it, write its metrics, learning curves and an overlay."""
+    """Train a small Parsing R-CNN on SynthCrowd, evaluate it, draw it, and parse images with the trained model."""
     _passive_cpu_threads()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from .engine.trainer import read_log
-    from .recipes import demo_recipe
-    from .viz import save_figure
-    from .viz.training import learning_curves, prediction_panels
+    _agg_backend()
+    from .engine.runs import run_demo
 
     profile = _profile(args)
-    args.dataset, args.root, args.model, args.batch_size, args.lr, args.workers = "synth", None, "parsing_rcnn", \
-        None, None, None
-    recipe = demo_recipe(profile)  # the demo's sizes live there, in one place
-    data_profile = profile.override(**recipe["data"])
+    device = _device(args.device)
+    images = _image_files([args.images], "--images")[0] if args.images is not None else None
     out_dir = Path(args.out or Path("runs") / f"demo_{profile.name}")
-    model, summary, _, val_set = _train_run(args, data_profile, iterations=args.iterations, out_dir=out_dir,
-                                            record=args.record, recipe=recipe)
+    demo = run_demo(profile, out_dir=out_dir, device=device, iterations=args.iterations, seed=args.seed,
+                    resume=not args.no_resume, record=args.record, force=args.force, images=images, announce=print,
+                    on_skip=_report_skip)
+    summary = demo.run.summary
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s)")
-    _print_metrics(summary["metrics"] or {})
-    _print_records(summary)
-
-    what = f"Parsing R-CNN on SynthCrowd val ({profile.name} profile, {summary['step']} steps)"
-    fig = learning_curves(read_log(out_dir, "train"), read_log(out_dir, "eval"), title=what)
-    print(f"wrote {save_figure(fig, out_dir / 'learning_curves.png')}")
-    plt.close(fig)
-    samples = [val_set[i] for i in range(min(4, len(val_set)))]
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        predictions = model([s["image"].to(device) for s in samples])
-    fig = prediction_panels(samples, predictions, val_set.labels, model.semantic_score_thresh, title=what)
-    print(f"wrote {save_figure(fig, out_dir / 'overlay.png')}")
-    plt.close(fig)
-    if args.record:  # the book draws the recorded demo's curves and predictions from these small files
-        from .experiments.runner import save_artefacts
-
-        kept = save_artefacts(model, val_set, out_dir, method="parsing_rcnn", variant=Path(args.record).name,
-                              profile=profile.name, seed=args.seed)
-        for path in kept.values():
-            print(f"wrote {path}")
-    return 0
+    _print_run(summary)
+    for path in demo.written.values():
+        print(f"wrote {path}")
+    _print_parsed(demo.parsed["val"], "SynthCrowd val image")
+    if "images" in demo.parsed:
+        _print_parsed(demo.parsed["images"], f"image of {args.images}")
+    print(f"parse your own images: hparse predict --checkpoint {out_dir} --out {out_dir / 'predict_images'} "
+          "IMAGE_OR_FOLDER ...")
+    return 1 if "images" in demo.parsed and demo.parsed["images"].skipped else 0
 
 
 def _cmd_pretrain(args) -> int:
     """Pretrain the backbone's starting point on SynthCrowd (hparse.engine.pretrain) and write its weights."""
     _passive_cpu_threads()
     from .engine.pretrain import pretrain_backbone
+    from .engine.runs import check_out_dir
 
     profile = _profile(args)
     out_dir = args.out or Path("runs") / f"pretrain_{profile.name}"
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     try:
         result = pretrain_backbone(profile, out_dir, iterations=args.iterations, seed=args.seed,
                                    device=_device(args.device), install=args.install, record=args.record,
@@ -669,66 +510,44 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
-def _evaluate_checkpoint(args) -> int:
-    """``hparse evaluate --checkpoint``: rebuild the model from its checkpoint and score it on a dataset split."""
-    import json
+# ------------------------------------------------------------------------------------------------- predict
 
-    from .engine import evaluate, write_result
-    from .engine.checkpoint import CheckpointError, load_model
-    from .engine.results import atomic_write_text, check_replace, result_path
+_PREDICT_HELP = """Parse your own images with a trained model (any hparse model; its checkpoint says how it was built
+and at what size it sees images). No ground truth is needed. Per image, under --out:
 
-    profile, device = _profile(args), _device(args.device)
-    try:
-        model, checkpoint = load_model(args.checkpoint, device=device)
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
-    config = checkpoint.get("config") or {}
-    dataset_name = args.dataset or config.get("dataset", "synth")
-    if dataset_name == "synth":
-        from .data import SynthCrowd
+  overlay/<id>.png                   the image with each person's parts, outline, score (and keypoints)
+  global_parsing/<id>.png            semantic map (part label per pixel)
+  person_parsing/<id>_<NN>_<KK>.png  part map of person KK of NN, with person_parsing/<id>.txt (scores)
+  instance_parsing/<id>.png, .txt    the same persons as CIHP challenge part instances
+  predictions.jsonl                  one line per image: persons, scores, boxes, part areas, keypoints
 
-        num = args.num or profile.val_images
-        dataset = SynthCrowd(split=args.split, num_images=num, image_size=config.get("image_size", profile.image_size),
-                             min_people=1, max_people=config.get("max_people", profile.max_people), seed=args.seed)
-    else:
-        if args.gt is None:
-            raise UserError(f"--checkpoint with --dataset {dataset_name} needs --gt (the dataset root)")
-        from .data.io import DatasetError
-        from .data.verify import open_dataset
+<id> is the file name without its suffix. The folder is what `hparse evaluate --pred` reads, so predictions of
+images that have ground truth can be scored. A file that cannot be read is reported and skipped; the exit status
+is then 1."""
 
-        try:
-            dataset = open_dataset(dataset_name, args.gt, args.split)
-        except (DatasetError, ValueError, FileNotFoundError, KeyError) as err:
-            raise UserError(f"cannot read the {dataset_name} {args.split} split in {args.gt}: {err}") from None
-    if len(dataset) == 0:
-        raise UserError(f"the {dataset_name} {args.split} split has no images; nothing to score")
-    record_config = {"checkpoint": str(args.checkpoint), "step": checkpoint.get("step"), "dataset": dataset_name,
-                     "split": args.split, "model": checkpoint["model_config"]}
-    if args.record:
-        try:
-            path = result_path(args.record, profile.name)
-        except ValueError as err:
-            raise UserError(f"--record {args.record}: {err}") from None
-        check_replace(path, record_config, checkpoint.get("step"), args.force)
-    mode = dict(absent_class=args.absent_class, score_thresh=args.score_thresh, skip_empty_gt=args.skip_empty_gt,
-                ap_style=args.ap_style, class_mean=args.class_mean, ignore_void=args.ignore_void)
-    metrics = evaluate(model, dataset, batch_size=2, max_images=args.num,
-                       evaluator_kwargs={**mode, "class_names": dataset.labels.names})
-    print(f"{args.checkpoint} (step {checkpoint.get('step')}) on {dataset_name} {args.split}: "
-          f"{metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
-          f"{metrics['num_pred_persons']} predicted persons")
-    _print_metrics(metrics)
-    if args.record:
-        path = write_result(args.record, metrics, profile=profile.name, config=record_config, device=device,
-                            force=args.force)
-        print(f"wrote {path}")
-    if args.json is not None:
-        from .engine.trainer import _plain
 
-        atomic_write_text(Path(args.json), json.dumps({"metrics": _plain(metrics), "checkpoint": str(args.checkpoint),
-                                                       "dataset": dataset_name, "split": args.split}, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+def _cmd_predict(args) -> int:
+    """Parse image files and folders with a trained model; write overlays, part maps and JSON lines."""
+    _passive_cpu_threads()
+    from .engine.predict import Predictor, parse_files
+    from .engine.runs import check_out_dir
+
+    files, missing = _image_files(args.inputs, "predict")
+    device = _device(args.device)
+    check_out_dir(args.out)
+    predictor = Predictor.load(args.checkpoint, size=args.size, device=device, batch_size=args.batch_size)
+    seen = "its own size" if predictor.side is None else \
+        f"shorter side {predictor.side}{f', longer at most {predictor.max_side}' if predictor.max_side else ''}"
+    print(f"parsing {len(files)} image{'s' * (len(files) != 1)} with {predictor.name} ({predictor.source}; "
+          f"{predictor.labels.name} labels; input {seen}; {device}) -> {args.out}")
+    for path, message in missing:
+        _report_skip(path, message)
+    summary = parse_files(predictor, files, args.out, score_thresh=args.score_thresh, progress=True,
+                          on_skip=_report_skip)
+    summary.skipped[:0] = missing
+    _print_parsed(summary, "image")
+    print(f"wrote {Path(args.out) / 'predictions.jsonl'}")
+    return 1 if summary.skipped else 0
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -757,8 +576,8 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hparse", description="Instance-level human parsing: data, training, evaluation and "
-                     "benchmarks.")
+    parser = _Parser(prog="hparse", description="Instance-level human parsing: data, training, evaluation, "
+                     "prediction on your own images, and benchmarks.")
     _add_debug(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -783,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(verify)
     verify.set_defaults(func=_cmd_data_verify)
     export = data_sub.add_parser("export", help="write SynthCrowd in a real dataset's on-disk layout")
-    export.add_argument("--format", required=True, choices=_EXPORT_FORMATS,
+    export.add_argument("--format", required=True, choices=_Choices("hparse.data.export", "EXPORT_FORMATS"),
+                        metavar="FORMAT",
                         help="cihp, mhp (MHP v2.0), ppp (PASCAL-Person-Part) or densepose (DensePose-COCO)")
     export.add_argument("--out", type=Path, required=True, help="dataset root to write")
     _add_synth_options(export)
@@ -828,9 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    train = sub.add_parser("train", help="train Parsing R-CNN or the RoI attention framework (checkpoints, log, "
-                           "results file with provenance)")
-    train.add_argument("--model", default="parsing_rcnn", choices=("parsing_rcnn", "attention_rcnn", "mg_parser"))
+    train = sub.add_parser("train", help="train a model with its recipe (checkpoints, log, results file with "
+                           "provenance)")
+    train.add_argument("--model", default="parsing_rcnn", choices=_Choices("hparse.recipes", "METHODS"),
+                       metavar="MODEL", help="the method, one of %(choices)s (default: %(default)s)")
     train.add_argument("--attention", default=None,
                        choices=("concat_after_conv4", "concat_after_conv4_trans", "dot_after_conv3_sum",
                                 "dot_after_conv4_sum", "none"),
@@ -860,13 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_debug(train)
     train.set_defaults(func=_cmd_train)
 
-    demo = sub.add_parser("demo", help="train a small Parsing R-CNN on SynthCrowd, evaluate it, write an overlay")
+    demo = sub.add_parser("demo", help="train a small Parsing R-CNN on SynthCrowd, evaluate it, write an overlay, "
+                          "parse a few images with it")
     demo.add_argument("--iterations", type=_positive_int, default=None,
                       help="optimiser steps (default: the profile's, see hparse.recipes.demo_recipe)")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default: runs/demo_<profile>)")
     demo.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     demo.add_argument("--seed", type=_nonnegative_int, default=0)
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--images", type=Path, default=None, metavar="DIR",
+                      help="also parse the images of this folder with the trained model (into <out>/predict_images)")
     _add_record(demo, "the demo's metrics (the book reads parsing_rcnn/demo)")
     _add_profile(demo)
     _add_debug(demo)
@@ -889,6 +713,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(pretrain)
     _add_debug(pretrain)
     pretrain.set_defaults(func=_cmd_pretrain)
+
+    predict = sub.add_parser("predict", help="parse your own images with a trained model (overlays, part maps, "
+                             "JSON lines)", description=_PREDICT_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER",
+                         help="image files (JPEG, PNG) and folders (their image files, not recursive)")
+    predict.add_argument("--checkpoint", type=Path, required=True, metavar="RUN_OR_FILE",
+                         help="a run folder (hparse train / demo) or its checkpoint.pt")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR",
+                         help="output folder (default: predictions)")
+    predict.add_argument("--score-thresh", type=_fraction, default=0.3, metavar="T",
+                         help="persons scoring below T are left out of the person maps, overlay and JSON (default: "
+                         "0.3, the painting threshold of Parsing R-CNN; 0 keeps every person, as for scoring)")
+    predict.add_argument("--size", type=_positive_int, default=None, metavar="S",
+                         help="shorter side of the image the model sees (default: the checkpoint's recipe)")
+    predict.add_argument("--batch-size", type=_positive_int, default=2, help="images per forward pass (default: 2)")
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_debug(predict)
+    predict.set_defaults(func=_cmd_predict)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes results/<profile>/bench/<name>.json)")
     bench.add_argument("name", help="benchmark name, or 'all'")

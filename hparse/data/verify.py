@@ -28,7 +28,9 @@ __all__ = [
     "DATA_ENV",
     "DEFAULT_ROOTS",
     "SplitReport",
+    "SplitError",
     "open_dataset",
+    "open_split",
     "dataset_key",
     "find_data_root",
     "verify_split",
@@ -87,6 +89,46 @@ def dataset_key(name: str) -> str:
 def open_dataset(name: str, root: str | os.PathLike, split: str, **kwargs) -> ParsingDataset:
     """``DATASETS[name](root, split, **kwargs)`` with aliases resolved."""
     return DATASETS[dataset_key(name)](root, split, **kwargs)
+
+
+class SplitError(DatasetError):
+    """A dataset split cannot be opened (missing root, unknown name, broken list file) or lists no images; the
+    message names the dataset, the split and the root."""
+
+    def __init__(self, root: str | os.PathLike, message: str):
+        super().__init__(root, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def open_split(name: str, root: str | os.PathLike | None, split: str, *, label: str | None = None,
+               purpose: str = "nothing to do") -> ParsingDataset:
+    """Open a real dataset's split for a command, or say why it cannot be: the one place commands open datasets.
+
+    Args:
+        name: the loader (``cihp``, ``mhp``, ``ppp``, ``densepose`` or an alias).
+        root: the dataset root (``None``: the message asks for ``--root``).
+        split: the split.
+        label: the dataset's name in messages (default ``name``; ``synth`` for a SynthCrowd export read as CIHP).
+        purpose: what an empty split leaves undone, for the message (``"nothing to score"``).
+
+    Raises:
+        SplitError: the root is missing or unreadable, the name unknown, or the split lists no images.
+    """
+    label = label or name
+    if root is None:
+        raise SplitError(".", f"--dataset {label} needs --root (the dataset folder; see data_scripts/README.md)")
+    try:
+        dataset = open_dataset(name, root, split)
+    except KeyError as err:
+        raise SplitError(root, err.args[0]) from None
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        raise SplitError(root, f"cannot read the {label} {split} split in {root}: {err}") from None
+    if len(dataset) == 0:
+        raise SplitError(root, f"the {label} {split} split in {root} lists no images (its image list is empty); "
+                         f"{purpose}")
+    return dataset
 
 
 @dataclass

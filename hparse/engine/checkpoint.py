@@ -120,8 +120,16 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> tu
     config = checkpoint.get("model_config")
     if not config or "name" not in config:
         raise CheckpointError(f"checkpoint {path} has no model_config; it was not written by hparse.engine.train")
+    build_config = dict(config)
     config = dict(config)
+    if config.get("backbone_weights") is not None:
+        # The starting point's weights (ImageNet: a download; hparse's: the shipped file) are replaced by the trained
+        # ones below, so the model is built without them (offline too). The normalisation they imply is kept.
+        config["backbone_weights"] = None
+        if config.get("backbone_norm") is None:
+            config["backbone_norm"] = "frozen_bn"
     model = build_model(config.pop("name"), config.pop("num_classes"), **config)
+    model.build_config = build_config  # how it was built for training, as the checkpoint says
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:

@@ -38,6 +38,10 @@ values (8-bit; 16-bit where an id exceeds 255), read as indices, never as colour
 
 Image ids are the ground truth's ``meta['id']`` (CIHP: the 7-digit stem; MHP v2: the image stem).
 
+**Scoring a folder** (:func:`score_folder`, ``hparse evaluate --pred``): every image of a ground-truth split is read
+back and scored with :class:`~hparse.metrics.ParsingEvaluator`; an image without a prediction stops the run (the
+default), is left out (``missing="skip"``) or is scored as an empty prediction (``missing="empty"``).
+
 What would corrupt the scores is refused with the file and line: an image listed twice in ``results.txt``, a person
 listed twice for one image, a score outside [0, 1] (scores are probabilities; a raw logit would sort persons on
 another scale; ``allow_raw_scores=True``, ``--allow-raw-scores``, accepts any finite score). Predictions of images
@@ -47,7 +51,9 @@ they usually mean the wrong split or renamed files.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +63,15 @@ from PIL import Image
 from ..data.io import DatasetError, read_label_png
 from .painting import paint_persons, painted_maps, person_pixels
 
-__all__ = ["LAYOUTS", "write_predictions", "detect_layout", "PredictionReader", "PredictionFormatError"]
+__all__ = ["LAYOUTS", "MISSING", "write_predictions", "detect_layout", "PredictionReader", "PredictionFormatError",
+           "FolderScore", "score_folder"]
 
 #: Layout name -> metric groups it supports.
 LAYOUTS = {"hparse": ("miou", "app", "apr"), "cihp": ("miou", "apr"), "mhp": ("miou", "app", "apr")}
+
+
+#: What :func:`score_folder` does with a ground-truth image that has no prediction.
+MISSING = ("error", "skip", "empty")
 
 
 class PredictionFormatError(ValueError):
@@ -357,3 +368,84 @@ class PredictionReader:
         if not (self.root / "global_parsing" / f"{image_id}.png").is_file():
             pred["semantic"] = torch.from_numpy(seg)
         return pred
+
+
+# ------------------------------------------------------------------------------------------- scoring a folder
+
+
+def _finite(value):
+    """JSON has no NaN: an undefined metric is ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return [_finite(v) for v in value] if isinstance(value, list) else value
+
+
+@dataclass
+class FolderScore:
+    """The result of :func:`score_folder`: the metrics, the evaluator's mode, and what was not scored."""
+
+    metrics: dict
+    evaluator: dict
+    layout: str
+    skipped: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def record(self, **context) -> dict:
+        """A JSON-ready record (undefined metrics as ``None``) with ``context`` (dataset, split, folders)."""
+        return {"metrics": {k: _finite(v) for k, v in self.metrics.items()}, "evaluator": self.evaluator, **context,
+                "layout": self.layout, "skipped": sorted(self.skipped), "unmatched_predictions": self.unmatched}
+
+
+def score_folder(pred_dir: str | os.PathLike, dataset, *, layout: str = "auto", missing: str = "error",
+                 allow_raw_scores: bool = False, on_unmatched=None, **evaluator_kwargs) -> FolderScore:
+    """Score the predictions stored in ``pred_dir`` against every image of ``dataset`` (a ground-truth split).
+
+    Args:
+        pred_dir: the prediction folder, in one of :data:`LAYOUTS` (``"auto"`` detects it).
+        dataset: data-contract samples with ``ids`` and ``labels`` (a loader of :mod:`hparse.data`).
+        missing: an image without a prediction: ``"error"`` (raise, naming a few), ``"skip"`` (leave it out) or
+            ``"empty"`` (score it as a prediction with no person).
+        allow_raw_scores: accept finite scores outside [0, 1].
+        on_unmatched: called with the sorted ids of predictions for images not in ``dataset`` before scoring (they
+            are not scored; usually the wrong split or renamed files).
+        evaluator_kwargs: :class:`~hparse.metrics.ParsingEvaluator` mode (``absent_class``, ``score_thresh``, ...).
+
+    Raises:
+        PredictionFormatError: the folder or one of its files does not follow its layout, an image has no
+            prediction (``missing="error"``), or a prediction cannot be scored against its ground truth.
+    """
+    from .checks import MetricInputError
+    from .evaluator import ParsingEvaluator
+
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    labels = dataset.labels
+    reader = PredictionReader(pred_dir, labels.num_classes, layout, allow_raw_scores=allow_raw_scores)
+    unmatched = sorted(reader.image_ids() - set(dataset.ids))
+    if unmatched and on_unmatched is not None:
+        on_unmatched(unmatched)
+    absent = [i for i in dataset.ids if not reader.has(i)]
+    if absent and missing == "error":
+        raise PredictionFormatError(
+            f"{len(absent)} of {len(dataset)} {dataset.split} images have no prediction in {pred_dir} "
+            f"({reader.layout} layout), e.g. {', '.join(absent[:3])}; pass --missing skip or --missing empty to "
+            "score them anyway")
+    evaluator = ParsingEvaluator(labels.num_classes, class_names=labels.names, metrics=reader.metrics,
+                                 **evaluator_kwargs)
+    skipped = set(absent) if missing == "skip" else set()
+    absent = set(absent)
+    for index, image_id in enumerate(dataset.ids):
+        if image_id in skipped:
+            continue
+        target = dataset[index]
+        shape = tuple(target["semantic"].shape)
+        try:
+            if image_id in absent:  # missing="empty": no person, everything background
+                pred = {"semantic": torch.zeros(shape, dtype=torch.int64),
+                        "person_parts": torch.zeros((0, *shape), dtype=torch.int64), "person_scores": torch.zeros(0)}
+            else:
+                pred = reader.read(image_id, shape)
+            evaluator.update(pred, target)
+        except (PredictionFormatError, MetricInputError) as err:
+            raise PredictionFormatError(f"{pred_dir}: {err}") from None
+    return FolderScore(evaluator.compute(), evaluator.config(), reader.layout, sorted(skipped), unmatched)

@@ -1,4 +1,9 @@
-"""Overlays of semantic, instance and person-part maps, keypoints and skeletons, and sample grids (matplotlib)."""
+"""Overlays of semantic, instance and person-part maps, keypoints and skeletons, and sample grids.
+
+The grids and panels are matplotlib figures (for the book and ``hparse data preview``); :func:`render_prediction`
+draws the overlay ``hparse predict`` writes straight into the image's pixels (Pillow), at the image's own
+resolution, so that a 12-megapixel photo gives a 12-megapixel overlay.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data.labels import KeypointSet, LabelSet, voc_palette
 
@@ -22,6 +28,8 @@ __all__ = [
     "show_sample",
     "sample_grid",
     "save_figure",
+    "write_sample_grid",
+    "render_prediction",
 ]
 
 
@@ -173,3 +181,88 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def write_sample_grid(samples: Sequence[dict], labels: LabelSet, path: str | Path, panel: str = "parts") -> Path:
+    """``hparse data preview``: a grid of ``samples`` (every panel when there are at most 4) saved to ``path``."""
+    fig = sample_grid(samples, labels, panel="all" if len(samples) <= 4 else panel)
+    return save_figure(fig, path)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ValueError):  # a Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _person_boxes(pred: dict, masks: np.ndarray) -> np.ndarray:
+    boxes = pred.get("person_boxes")
+    if boxes is not None and len(boxes) == len(masks):
+        return _np(boxes).astype(np.float64).reshape(-1, 4)
+    out = np.zeros((len(masks), 4))
+    for k, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows):
+            out[k] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    return out
+
+
+def render_prediction(image, pred: dict, labels: LabelSet, keypoint_set: KeypointSet | None = None,
+                      alpha: float = 0.55) -> np.ndarray:
+    """The overlay of one prediction at the image's resolution: (H, W, 3) uint8.
+
+    Each person's parts in the label palette (higher-scoring persons painted over lower ones), the person's outline
+    in its own colour (:func:`instance_palette`, in the order the persons are listed), its score on a tag at the top
+    left of its box, and its keypoints and skeleton where ``pred`` has ``keypoints`` (joints whose third value, a
+    visibility or a score, is 0 are absent). Line widths and text grow with the image.
+
+    Args:
+        image: (3, H, W) float tensor in [0, 1] or (H, W, 3) array.
+        pred: prediction-contract dict at the image's resolution (``person_parts``, ``person_scores``; optional
+            ``person_boxes``, ``keypoints``).
+        labels: the label set (palette).
+        keypoint_set: draws the skeleton's limbs (joints alone without it).
+    """
+    from scipy.ndimage import binary_dilation
+
+    out = to_numpy_image(image).copy()
+    parts = _np(pred["person_parts"])
+    scores = _np(pred["person_scores"]).astype(np.float64).reshape(-1)
+    height, width = out.shape[:2]
+    thickness = max(1, round(max(height, width) / 500))
+    palette = instance_palette(len(parts))
+    order = np.argsort(scores, kind="stable")  # ascending: the highest score is painted last, on top
+    masks = parts > 0
+    for k in order:
+        out = _blend(out, labels.colorize(parts[k]), masks[k], alpha)
+    for k in order:
+        edge = _mask_edge(masks[k])
+        if thickness > 1:
+            edge = binary_dilation(edge, iterations=thickness - 1)
+        out[edge] = palette[k + 1]
+    canvas = Image.fromarray(out)
+    draw = ImageDraw.Draw(canvas)
+    keypoints = pred.get("keypoints")
+    if keypoints is not None and len(keypoints) == len(parts) and _np(keypoints).size:
+        radius = max(2, 2 * thickness)
+        for k, person in enumerate(_np(keypoints).astype(np.float64)):
+            colour = tuple(int(c) for c in palette[k + 1])
+            present = person[:, 2] > 0
+            for a, b in keypoint_set.skeleton if keypoint_set is not None else ():
+                if a < len(person) and b < len(person) and present[a] and present[b]:
+                    draw.line([tuple(person[a, :2]), tuple(person[b, :2])], fill=colour, width=thickness)
+            for x, y in person[present, :2]:
+                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=(255, 255, 255))
+    font = _font(max(10, round(max(height, width) / 50)))
+    for k, (x1, y1, _, _) in enumerate(_person_boxes(pred, masks)):
+        colour = tuple(int(c) for c in palette[k + 1])
+        text = f"{scores[k]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left + 2 * thickness, bottom - top + 2 * thickness
+        x = min(max(0.0, x1), max(0.0, width - w))
+        y = y1 - h if y1 - h >= 0 else max(0.0, y1)
+        draw.rectangle([x, y, x + w, y + h], fill=colour)
+        ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
+        draw.text((x + thickness - left, y + thickness - top), text, fill=ink, font=font)
+    return np.asarray(canvas)

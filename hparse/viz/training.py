@@ -2,19 +2,21 @@
 
 Both draw from what a run leaves behind (``train_log.jsonl``, :func:`hparse.engine.trainer.read_log`; a model's
 prediction-contract dicts), so a chapter can draw them from a committed run's artefacts without training anything.
+:func:`write_run_figures` saves both for a finished run (what ``hparse demo`` writes into its run folder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from ..data.labels import LabelSet
-from .overlay import draw_boxes, overlay_person_parts, overlay_semantic
+from .overlay import draw_boxes, overlay_person_parts, overlay_semantic, save_figure
 
-__all__ = ["learning_curves", "prediction_panels", "smooth"]
+__all__ = ["learning_curves", "prediction_panels", "smooth", "write_run_figures"]
 
 #: Validation metrics drawn against steps (fractions, shown in %).
 CURVE_METRICS = ("mIoU", "APp50", "APpvol")
@@ -97,3 +99,28 @@ def prediction_panels(samples: Sequence[dict], predictions: Sequence[dict], labe
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def write_run_figures(model, dataset, run_dir: str | Path, title: str, images: int = 4) -> dict[str, Path]:
+    """Save a trained run's ``learning_curves.png`` (from its log) and ``overlay.png`` (its predictions on the first
+    ``images`` samples of ``dataset`` beside the ground truth) into ``run_dir``; return their paths by name."""
+    import torch
+
+    from ..engine.trainer import read_log
+
+    run_dir = Path(run_dir)
+    paths = {"learning_curves": save_figure(learning_curves(read_log(run_dir, "train"), read_log(run_dir, "eval"),
+                                                            title=title), run_dir / "learning_curves.png")}
+    samples = [dataset[i] for i in range(min(images, len(dataset)))]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            predictions = model([s["image"].to(device) for s in samples])
+    finally:
+        model.train(was_training)
+    threshold = getattr(model, "semantic_score_thresh", 0.3)
+    paths["overlay"] = save_figure(prediction_panels(samples, predictions, dataset.labels, threshold, title=title),
+                                   run_dir / "overlay.png")
+    return paths
