@@ -318,3 +318,123 @@ def _training_signal(seeds, num_problems: int, device: torch.device) -> dict:
         "defaults": dict(TRAINING_DEFAULTS),
         "variants": variants,
     }
+
+
+# ------------------------------------------------------------------------------- the matching loss in a step
+
+#: The cases of :func:`loss_cost`: Assembly settings for the training-time detection (see its docstring).
+LOSS_COST_CASES: dict[str, dict] = {
+    "recipe_threshold": {},
+    "low_threshold": {"keypoint_threshold": 0.3},
+}
+
+
+def _train_step(model, optimizer, images, targets, matching: bool, device: torch.device) -> float:
+    """Seconds of one training step of the parser with its matching loss on or off."""
+    model.matching_loss_on = matching
+    _sync(device)
+    tick = time.perf_counter()
+    losses = model(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    optimizer.step()
+    _sync(device)
+    return time.perf_counter() - tick
+
+
+def loss_cost(profile: Profile, device: torch.device, *, repeats: int | None = None,
+              checkpoint: str | Path | None = None, root: str | Path | None = None) -> dict:
+    """The share of a stage-2 training step spent on the matching loss; writes ``bench/matching_loss_cost``.
+
+    The parser of the profile's recipe (``matching_loss=True``) trains on one batch of SynthCrowd train images at the
+    recipe's batch size; each repeat times one full step (forward, backward, AdamW update at learning rate 0, so that
+    every repeat sees the same weights) with the matching loss off and then on, the same network, the flag toggled.
+    The share is ``(t_on − t_off) / t_on`` of the medians. Two cases:
+
+    - ``recipe_threshold``: the recipe's detection threshold (the paper's 0.7);
+    - ``low_threshold``: 0.3, which lets more (and more false) candidates of a half-trained detector through, and
+      makes Hough voting score more projections exactly.
+
+    The candidates are the detections plus the ground-truth joints that no detection stands for (the training rule),
+    so their number is about the number of joints whatever the detector does; what the detector changes is the cost
+    of Hough voting, which runs on every image in both cases and is included.
+
+    ``checkpoint``: start from these weights, a stage-1 run of the same recipe, whose confident heatmaps are what
+    stage 2 meets. Default: ``runs/mg_parser_synth_<profile>/checkpoint.pt`` (where ``hparse train --model mg_parser``
+    puts it) when it exists, else the untrained network (whose flat disk heatmaps give no candidate). CPU timings use
+    one torch thread and bracket the load average.
+    """
+    from ..data import SynthCrowd
+    from ..engine.checkpoint import CHECKPOINT_NAME
+    from ..engine.finetune import load_weights
+    from ..engine.profiles import seed_everything
+    from ..models import build_model
+    from ..recipes import mg_parser_recipe
+
+    device = torch.device(device)
+    repeats = max(5, profile.bench_repeats) if repeats is None else repeats
+    if checkpoint is None and Path(f"runs/mg_parser_synth_{profile.name}/{CHECKPOINT_NAME}").exists():
+        checkpoint = f"runs/mg_parser_synth_{profile.name}/{CHECKPOINT_NAME}"
+    plan = mg_parser_recipe(profile, matching_loss=True)
+    batch_size = plan["train"]["batch_size"]
+    data = SynthCrowd("train", num_images=batch_size, image_size=profile.image_size, min_people=1,
+                      max_people=profile.max_people, seed=0)
+    samples = [data[i] for i in range(batch_size)]
+    images = [s["image"].to(device) for s in samples]
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in samples]
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cases = {}
+    try:
+        for name, settings in LOSS_COST_CASES.items():
+            seed_everything(0)
+            model = build_model("mg_parser", num_classes=20, **{**plan["model"], "backbone_weights": None}).to(device)
+            if checkpoint is not None:
+                loaded = load_weights(model, checkpoint)
+            for key, value in settings.items():
+                setattr(model.assembly, key, value)
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+
+            _train_step(model, optimizer, images, targets, False, device)  # warm-up
+            _train_step(model, optimizer, images, targets, True, device)
+            off, on = [], []
+            for _ in range(repeats):
+                off.append(_train_step(model, optimizer, images, targets, False, device))
+                on.append(_train_step(model, optimizer, images, targets, True, device))
+            with torch.no_grad():
+                out = model.maps(model._batch(images))
+                _, parts = model.matching_loss(out, [t["keypoints"] for t in targets], return_parts=True)
+            t_off, t_on = statistics.median(off), statistics.median(on)
+            cases[name] = {
+                "step_s_without": t_off, "step_s_with": t_on, "share": (t_on - t_off) / t_on,
+                "step_s_without_all": off, "step_s_with_all": on,
+                "candidates_per_type": float(parts["valid"].sum(2).float().mean()),
+                "padded_candidates": int(parts["valid"].shape[2]),
+                "detected": int(parts["detected"]),
+                "problems": int(parts["mask"].shape[0] * parts["mask"].shape[1]),
+                "settings": settings,
+            }
+        model.matching_loss_on = True
+        metrics = {"cases": cases, "share": max(c["share"] for c in cases.values()), "target": 0.15}
+        metrics["meets_target"] = metrics["share"] <= metrics["target"]
+        config = {
+            "model": plan["model"], "batch_size": batch_size, "image_size": profile.image_size,
+            "max_people": profile.max_people, "repeats": repeats, "timing": "median of interleaved repeats after one "
+            "warm-up step each; a step is forward, backward and an AdamW update at lr 0",
+            "matching": dict(TRAINING_DEFAULTS), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "weights": (f"{checkpoint} (step {loaded['step']})" if checkpoint is not None
+                        else "untrained (the recipe's initialisation)"),
+        }
+        # CPU timings on a shared machine depend on what else runs; the 1-minute load average brackets the run.
+        metrics["load_average_1min"] = {"before": load_before,
+                                        "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        write_result("bench/matching_loss_cost", metrics, profile=profile.name, config=config,
+                     wall_time_s=time.perf_counter() - started, device=device,
+                     root=Path(root) if root is not None else None)
+    finally:
+        torch.set_num_threads(threads)
+    return metrics
