@@ -323,3 +323,19 @@ def test_stage2_ablation_smoke(tmp_path, tmp_results):
     with pytest.raises(FileNotFoundError, match="baseline"):
         stage2_ablation(get_profile("smoke"), "cpu", seeds=(5,), iterations=2, out_root=tmp_path / "empty",
                         names=["finetuned"], val_images=2, write=False)
+
+
+def test_loss_cost_benchmark_smoke(tmp_path, monkeypatch):
+    from hparse.benchmarks import BENCHMARKS
+    from hparse.benchmarks.matching import LOSS_COST_CASES, loss_cost
+    from hparse.engine import load_result
+
+    assert BENCHMARKS["matching_loss_cost"] == "hparse.benchmarks.matching:loss_cost"
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the untrained network
+    metrics = loss_cost(get_profile("smoke"), "cpu", repeats=1, root=tmp_path / "results")
+    assert set(metrics["cases"]) == set(LOSS_COST_CASES)
+    for case in metrics["cases"].values():
+        assert case["step_s_with"] > 0 and case["step_s_without"] > 0 and case["share"] < 1
+    assert metrics["share"] == max(c["share"] for c in metrics["cases"].values())
+    record = load_result("bench/matching_loss_cost", "smoke", root=tmp_path / "results")
+    assert record["config"]["weights"].startswith("untrained")
