@@ -22,7 +22,9 @@ Choices written down:
 
 - The cpu profile starts both arms from the shipped SynthCrowd backbone (``backbone_weights="synthcrowd"``,
   :data:`PROFILE_FLAGS`): from random weights the cpu stage 1 detects no keypoint above the paper's 0.7 and predicts
-  no person (``results/cpu/mg_parser/train_synth.json``: 0 people on 100 val images), leaving nothing to group.
+  no person (``results/cpu/mg_parser/train_synth.json``: 0 people on 100 val images; its Hough scores peak near
+  0.4), leaving nothing to group. Whether the pretrained backbone is enough within the recipe's 1500 steps is for the
+  run to show: the records keep ``num_pred_persons``, and a stage 1 that predicts nobody makes the comparison empty.
 - Stage 2 needs each seed's stage-1 checkpoint: the baseline variant runs first, and its run folders must still be
   there (a baseline seed reused from its record alone has no checkpoint; the command then says so).
 
@@ -67,7 +69,7 @@ VARIANTS: tuple[tuple[str, dict], ...] = (
     ("finetuned_no_matching", {"stage": 2, "matching_loss": False}),
 )
 #: The metrics compared (the summary keeps each one's mean, spread and per-seed values).
-KEYS = ("APp50", "APpvol", "PCP50", "mIoU", "limb_accuracy", "limb_precision")
+KEYS = ("APp50", "APpvol", "PCP50", "mIoU", "limb_accuracy", "limb_precision", "num_pred_persons")
 #: The paper's Table 5 (MHP v2 val, as fractions): the two greedy matchings of its references [39] and [4], and the
 #: differentiable matching trained end to end (its mAP^pose column, 63.9 / 64.3 / 65.8, is not measured here).
 PAPER_TABLE5 = {

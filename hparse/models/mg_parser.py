@@ -34,8 +34,10 @@ The network (§3.1-3.4), each component a constructor flag:
     candidates (a discrete choice), so the disk and offset heads get no gradient from this loss, nor does F_Seg's
     part classifier; ground-truth joints are fixed points;
   - *batching*: detection runs per image (its candidate count varies; the same code as inference, without
-    gradient); labelling, limb scores, the matching and the loss run once for all limb types and images of the step,
-    padded to the step's largest candidate count.
+    gradient, with Hough voting scored exactly only where :func:`hough_upper_bound` lets a candidate pass); labelling,
+    limb scores, the matching and the loss run once for all limb types and images of the step, padded to the step's
+    largest candidate count. Cost: 4% of a cpu-profile step from a stage-1 checkpoint, 10% with the detection
+    threshold lowered to 0.3 (``hparse bench matching_loss_cost``).
 - **Loss weights**: homoscedastic uncertainty (Kendall et al., CVPR 2018; ``uncertainty=True``): each task's loss
   ``L`` enters as ``exp(−s) L + s`` with a learned ``s = log σ²`` (0 at the start, i.e. weight 1), else fixed
   ``loss_weights``. The matching loss has its own ``s`` (``log_var_matching``, a parameter that exists only with
