@@ -49,6 +49,8 @@ from hparse.data import COCO17, SynthCrowd
 from hparse.engine import find_results, get_profile, seed_everything
 from hparse.ops import assignment_loss, dykstra_matching, greedy_matching, hungarian_matching, round_assignment
 from hparse.ops.matching import (
+    TRAINING_DEFAULTS,
+    gradient_alive_rate,
     DEFAULT_ITERS,
     DEFAULT_PROJ_ITERS,
     DEFAULT_STEP,
@@ -401,8 +403,8 @@ display(Markdown("| PGD iterations | BCE loss vs optimal Y | ‖∂loss/∂A‖ 
 #   near a random joint of a random person, as a detector fires on body-like structure.
 # - **Limb scores**: the paper samples a predicted limb heatmap along the candidate segment. Here the heatmap is
 #   the ground-truth one, an unnormalised Gaussian of width σ = 2% of the image side around every true limb of that
-#   type, averaged over 10 points of the candidate segment. Score noise of standard deviation τ is then added and
-#   the score clipped to [0, 1]. τ stands in for an imperfect network.
+#   type, averaged over 10 points of the candidate segment. Score noise of standard deviation η is then added and
+#   the score clipped to [0, 1]. η stands in for an imperfect network.
 # - **Solvers**: all three see the same eligible pairs, those with score > 0.5. A limb score is read as the
 #   probability that the limb exists. Greedy and Hungarian take the threshold directly. Dykstra receives it as a
 #   mask and then rounds.
@@ -520,7 +522,7 @@ for tau in TAUS:
     results[tau]["picks"] = picks
     results[tau]["batch"] = tuple(A_l.shape)
 
-lines = ["| score noise τ | solver | precision | recall | F1 | limb problems without error | weight / Hungarian |",
+lines = ["| score noise η | solver | precision | recall | F1 | limb problems without error | weight / Hungarian |",
          "|---|---|---|---|---|---|---|"]
 for tau in TAUS:
     hw = results[tau]["hungarian"]["weight"]
@@ -539,14 +541,14 @@ for name, style in zip(SOLVERS, ["s--", "o-", "^:", "o-", "^:"]):
 axes[0].set_ylabel("connection F1")
 axes[1].set_ylabel("limb problems without error")
 for ax in axes:
-    ax.set_xlabel("score noise τ")
+    ax.set_xlabel("score noise η")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 fig.tight_layout()
 
 mid = TAUS[len(TAUS) // 2]
 f1 = {name: results[mid][name]["f1"] for name in SOLVERS}
-print(f"τ = {mid}: connection F1 " + ", ".join(f"{k} {v:.3f}" for k, v in f1.items()))
+print(f"η = {mid}: connection F1 " + ", ".join(f"{k} {v:.3f}" for k, v in f1.items()))
 print(f"largest F1 difference between dykstra and hungarian on the same weights: "
       f"{max(abs(results[t]['dykstra']['f1'] - results[t]['hungarian']['f1']) for t in TAUS):.3f} (raw), "
       f"{max(abs(results[t]['dykstra, log-odds']['f1'] - results[t]['hungarian, log-odds']['f1']) for t in TAUS):.3f}"
@@ -596,7 +598,7 @@ for ax, name in zip(axes, ("greedy", "hungarian", "dykstra")):
                  fontsize=9)
     ax.axis("off")
 axes[0].legend(fontsize=7, loc="lower left")
-fig.suptitle(f"image {prob['image']}, limb {COCO17.names[k1]} → {COCO17.names[k2]}, τ = {tau_show}", fontsize=9,
+fig.suptitle(f"image {prob['image']}, limb {COCO17.names[k1]} → {COCO17.names[k2]}, η = {tau_show}", fontsize=9,
              y=1.02)
 fig.tight_layout()
 
@@ -613,7 +615,7 @@ paper = [("greedy matching [39]", 37.6, 43.1, 40.8, 40.8, 63.9), ("greedy matchi
          ("differentiable matching", 39.0, 44.3, 42.3, 41.4, 65.8)]
 ours = {"greedy matching [39]": "greedy", "greedy matching [4]": "greedy", "differentiable matching": "dykstra"}
 lines = ["| solver | paper APp50 | paper APpvol | paper PCP50 | paper mIoU | paper mAPpose | "
-         f"ours: limb F1 (τ = {mid}) | ours: problems without error (τ = {mid}) |", "|---|" + "---|" * 7]
+         f"ours: limb F1 (η = {mid}) | ours: problems without error (η = {mid}) |", "|---|" + "---|" * 7]
 for name, *vals in paper:
     s_ = results[mid][ours[name]]
     lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals)
@@ -623,6 +625,174 @@ lines.append("| Hungarian (not in the paper's table) | – | – | – | – | �
              f"{s_['f1']:.3f} | {100 * s_['perfect']:.1f}% |")
 display(Markdown("Paper numbers: Table 5 of the paper (MHP v2 val, %). Ours: the SynthCrowd limb experiment above "
                  "(both greedy rows use our one greedy solver).\n\n" + "\n".join(lines)))
+
+# %% [markdown]
+# ## Training through the matching
+#
+# The paper's point is to train *through* Eq. 15: a cross-entropy between the relaxed $Y$ and the ground-truth
+# assignment (§3.4) sends grouping errors back into the limb scores. The LP gets in the way. Its solution is a vertex
+# of the polytope, and it stays on the same vertex when $A$ moves a little: $Y^*(A)$ is piecewise constant, and once
+# the unrolled PGD has reached the vertex, $\partial Y / \partial A$ is exactly zero. A wrong assignment, which is
+# exactly where the loss should teach something, then teaches nothing.
+#
+# hparse keeps the paper's solver and changes the problem it solves in training. A strongly convex term is added to
+# Eq. 13,
+#
+# $$
+# \min_{Y \in C_1 \cap C_2 \cap C_3} \; \operatorname{tr}(-A^\top Y) + \frac{\tau}{2} \lVert Y \rVert^2
+# \quad\Longleftrightarrow\quad Y^*_\tau = F_C(A / \tau),
+# $$
+#
+# so the optimum is the Euclidean projection of $A/\tau$ onto the polytope (τ is a temperature on the scores). PGD
+# keeps its form, $Y \leftarrow F_C\big((1 - \alpha\tau) Y + \alpha A\big)$, with Dykstra's projection. $Y^*_\tau$
+# moves continuously with $A$, and it sits on a vertex only when each row and column prefers its pair by a margin of
+# about τ. τ is thus the score margin the loss asks for. The parser trains with `TRAINING_DEFAULTS` (τ = 0.5, α =
+# 0.4, 30 steps) and predicts with the LP (τ = 0, 300 steps), whose optimality is unchanged.
+#
+# The picture below follows one score of the 2×2 problem $A = \begin{pmatrix} a & 0.6 \\ 0.5 & 0.8 \end{pmatrix}$
+# whose ground truth is the anti-diagonal. It shows the relaxed $y_{00}$ and the gradient of the loss with respect to
+# $a$. The LP jumps from one vertex to the other and has no gradient on either side. The regularised problem slides
+# between them and always says which way $a$ should move.
+
+# %%
+A_sweep = torch.tensor([[0.0, 0.6], [0.5, 0.8]]).repeat(121, 1, 1)
+A_sweep[:, 0, 0] = torch.linspace(0, 1.2, 121)
+target_2x2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).expand(121, -1, -1)
+curves = {}
+for label, kwargs in (("LP, inference settings (τ = 0, 300 steps)", {}),
+                      (f"training settings (τ = {TRAINING_DEFAULTS['tau']}, {TRAINING_DEFAULTS['iters']} steps)",
+                       TRAINING_DEFAULTS)):
+    A_req = A_sweep.clone().requires_grad_(True)
+    Y_sweep = dykstra_matching(A_req, **kwargs)
+    # one loss per problem (summed over its entries), so that each problem's gradient is its own
+    (assignment_loss(Y_sweep, target_2x2) * Y_sweep[0].numel() * len(Y_sweep)).backward()
+    curves[label] = (Y_sweep[:, 0, 0].detach(), A_req.grad[:, 0, 0])
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for (label, (y00, g00)), style in zip(curves.items(), ("-", "--")):
+    axes[0].plot(A_sweep[:, 0, 0], y00, style, label=label)
+    axes[1].plot(A_sweep[:, 0, 0], g00, style, label=label)
+axes[0].set_ylabel("$y_{00}$ (wrong pair)")
+axes[1].set_ylabel(r"$\partial L / \partial a$ (symmetric log scale)")
+axes[1].set_yscale("symlog", linthresh=0.1)
+for ax in axes:
+    ax.set_xlabel("score $a$ of the wrong pair (0, 0)")
+    ax.grid(alpha=0.3)
+axes[0].legend(fontsize=7)
+fig.tight_layout()
+
+# %% [markdown]
+# How often does this matter? On random problems of 3–8 candidates per side with a random ground-truth matching,
+# `gradient_alive_rate` counts the problems whose rounded answer is wrong and whose loss still sends a non-zero
+# gradient to the scores. The numbers come from `hparse bench matching_quality` (its `training` section). If no such
+# file exists yet, a smaller measurement runs here instead.
+
+# %%
+record_q = find_results("bench/matching_quality")
+if record_q is not None and "training" in record_q["metrics"]:
+    training = record_q["metrics"]["training"]
+    source_q = (f"results/{record_q['profile']}/bench/matching_quality.json — "
+                f"{record_q['config']['training']['problems_per_seed']} problems × {len(record_q['config']['seeds'])}"
+                f" seeds, {record_q['provenance']['device']}, {record_q['provenance']['date']}")
+    rows_q = training["variants"]
+else:
+    rows_q = {}
+    for name, kwargs in (("inference_defaults", {}), ("lp_30_steps", {"iters": 30}), ("lp_10_steps", {"iters": 10}),
+                         ("training_defaults", TRAINING_DEFAULTS)):
+        r = gradient_alive_rate(NUM_PROBLEMS, **kwargs)
+        rows_q[name] = {**r, "solver": {"iters": DEFAULT_ITERS, "tau": 0.0, **kwargs}}
+    source_q = f"measured in this chapter ({NUM_PROBLEMS} problems, one seed; no results file found)"
+lines = ["| settings | steps | τ | wrong answers with a gradient | rounded answer within 1% of Hungarian |",
+         "|---|---|---|---|---|"]
+for name, r in rows_q.items():
+    lines.append(f"| {name.replace('_', ' ')} | {r['solver']['iters']} | {r['solver'].get('tau', 0.0)} | "
+                 f"{100 * r['alive_when_wrong']:.1f}% | {100 * r['within_1pct']:.1f}% |")
+display(Markdown(f"Source: {source_q}\n\n" + "\n".join(lines)))
+
+# %% [markdown]
+# How to read the table:
+#
+# - At the inference settings the LP has converged onto a vertex, and most wrong answers have no gradient at all.
+# - Fewer unrolled steps keep some gradient alive only because the iterate has not arrived yet. The signal then
+#   depends on an accident of truncation, and the answer drifts away from the optimum (last column).
+# - The regularised problem keeps the gradient on every wrong answer. Its own optimum is what the 30 steps approach
+#   (`training_converged` is the same problem solved to convergence). Its rounded answer is further from the LP's,
+#   since τ blurs close calls, but that answer is only used in training. Prediction keeps the LP.
+#
+# ### Where the gradient goes, on one crowded image
+#
+# The limb problems of the SynthCrowd experiment above give a picture of $\partial L / \partial A$: for every limb
+# type of the most crowded image (score noise η = 0.2), the relaxed matching at the training settings, the
+# cross-entropy against the true connections, and the gradient of that loss with respect to every candidate pair's
+# score. A blue segment asks for a higher score (a true limb the matching under-uses), a red one for a lower score (a
+# wrong pair that takes mass). The scores here come from ground-truth heatmaps plus noise, standing in for a network.
+# In the parser, the same gradient continues from $A$ into the limb heatmaps and, through the candidates' positions,
+# into the DSPF (`MGParser.matching_loss`).
+
+# %%
+crowd_problems = limb_problems(people, 0.2, seed=1)
+crowded = max({p["image"] for p in crowd_problems}, key=lambda i: len(people[i]))
+mine = [p for p in crowd_problems if p["image"] == crowded]
+A_c, T_c, len_c = pad(mine)
+A_c.requires_grad_(True)
+Y_c = dykstra_matching(A_c, len_c, **TRAINING_DEFAULTS)
+assignment_loss(Y_c, T_c.float(), len_c).backward()
+grad_c = A_c.grad
+fig, ax = plt.subplots(figsize=(6, 6))
+ax.imshow(dataset[crowded]["image"].permute(1, 2, 0).numpy())
+scale = float(grad_c.abs().max()) or 1.0
+DECADES = 3  # pairs whose gradient is within three orders of magnitude of the largest; width grows with log |g|
+for b, prob in enumerate(mine):
+    n, m = prob["A"].shape
+    for i in range(n):
+        for j in range(m):
+            g = float(grad_c[b, i, j]) / scale
+            if abs(g) < 10.0**-DECADES:
+                continue
+            ax.plot(*np.stack([prob["p1"][i], prob["p2"][j]]).T, color="tab:blue" if g < 0 else "tab:red",
+                    lw=0.4 + 3 * (np.log10(abs(g)) + DECADES) / DECADES, alpha=0.8)
+ax.set_title(f"∂L/∂A on image {crowded} ({len(people[crowded])} people): blue = raise the score, red = lower it",
+             fontsize=8)
+ax.axis("off")
+fig.tight_layout()
+print(f"{len(mine)} limb problems; pairs drawn (gradient within {DECADES} decades of the largest): "
+      f"{int((grad_c.abs() >= 10.0**-DECADES * scale).sum())} of {int(sum(p['A'].size for p in mine))}; pairs with "
+      f"a non-zero gradient: {int((grad_c != 0).sum())}")
+
+# %% [markdown]
+# ### Stage 1 against stage 1 + 2
+#
+# The paper trains in two steps (§3.4): without the matching, then 50 more epochs at a fixed low learning rate with
+# it. `hparse.experiments.mg_stage2` runs that on SynthCrowd with three seeds: stage 1 only, stage 1 + 2, and stage
+# 1 + 2 without the matching loss (the control for "trained longer"). It reports AP^p_50, AP^p_vol, PCP_50 and the
+# limb assignment accuracy (of the ground-truth limbs whose two joints were detected, the fraction the matching
+# paired). A difference counts only when it exceeds the spread over seeds.
+
+# %% tags=["hide-input"]
+record_s = find_results("mg_parser/stage2_summary")
+if record_s is None:
+    display(Markdown("No run of the ablation is recorded yet. It is made by\n\n"
+                     "`python -m hparse.experiments.mg_stage2 --profile cpu`\n\n"
+                     "(records `results/cpu/mg_parser/stage2_*.json`)."))
+else:
+    table_s = record_s["metrics"]["table"]
+    names_s = list(table_s["APp50"])
+    lines = ["| metric | " + " | ".join(names_s) + " | paper, greedy | paper, differentiable |",
+             "|---|" + "---|" * (len(names_s) + 2)]
+    paper_s = record_s["metrics"]["paper_table5"]
+    for key, row in table_s.items():
+        cells = [f"{row[n]['mean']:.3f} ± {row[n]['std']:.3f}" if n in row else "–" for n in names_s]
+        greedy_p = paper_s["greedy matching [4]"].get(key)
+        diff_p = paper_s["differentiable matching"].get(key)
+        cells += [f"{greedy_p:.3f}" if greedy_p is not None else "–", f"{diff_p:.3f}" if diff_p is not None else "–"]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    verdicts = record_s["metrics"]["against_baseline"]
+    said = "; ".join(f"{name}: " + ", ".join(f"{k} {v['difference']:+.3f}" + (" (exceeds the spread)"
+                                                                           if v["exceeds_spread"] else "")
+                                           for k, v in verdict.items()) for name, verdict in verdicts.items())
+    display(Markdown(f"Ours: SynthCrowd val, profile {record_s['profile']}, seeds {record_s['config']['seeds']} "
+                     f"(mean ± standard deviation). Paper: Table 5, MHP v2 val.\n\n" + "\n".join(lines)
+                     + f"\n\nAgainst stage 1: {said}.\n\n`python -m hparse.experiments.mg_stage2 --profile "
+                     f"{record_s['profile']}`"))
 
 # %% [markdown]
 # ## Speed: one batched solver against many small exact ones
@@ -713,6 +883,9 @@ if record is not None and record["metrics"].get("train_step"):
 # - Greedy is cheap but fails on crossing ambiguities. The Hungarian solver is exact but neither batched nor
 #   differentiable. The relaxation matches the Hungarian solver and adds gradients, which the parser uses to train
 #   its limb scores (`assignment_loss`).
+# - The converged LP has no gradient on a wrong answer. Training therefore solves the regularised problem
+#   $\min \operatorname{tr}(-A^\top Y) + \frac{\tau}{2}\lVert Y\rVert^2$ with the same PGD and Dykstra
+#   (`TRAINING_DEFAULTS`), whose gradient reaches the scores on every wrong answer we measured.
 #
 # ## Exercises
 #

@@ -258,7 +258,8 @@ _MG_DATASETS = {"synth": "coco17", "densepose": "coco17", "mhp": "mpii16", "ppp"
 _MG_REAL_SIDE = {"gpu": 512, "cpu": 384, "smoke": 128}
 
 
-def mg_parser_recipe(profile: Profile, dataset: str = "synth", **flags) -> dict[str, dict]:
+def mg_parser_recipe(profile: Profile, dataset: str = "synth", stage: int = 1, init: str | None = None,
+                     **flags) -> dict[str, dict]:
     """The multi-granularity bottom-up parser (:class:`hparse.models.mg_parser.MGParser`) at a profile's size.
 
     Every paper component is on (residual coarse-to-fine DSPF with learnable warping, disks + offsets + Hough voting,
@@ -270,11 +271,27 @@ def mg_parser_recipe(profile: Profile, dataset: str = "synth", **flags) -> dict[
     of the shipped SynthCrowd starting point, ``backbone_weights="synthcrowd"``, one flag away; the recipe starts
     from random weights so that it runs where that file has not been made), 64-d decoders, AdamW. ``smoke``: a tiny
     network for CI.
+
+    **The two steps** (§3.4: "In the first step, the model is trained without differentiable matching ... In the
+    second step, we finetune the whole model for another 50 epochs with a fixed learning rate of 1e-4"). ``stage=1``
+    (default) is the recipe above, without the matching loss. ``stage=2`` is the fine-tuning run: the same model with
+    ``matching_loss=True`` (a flag may turn it off again, which gives the control "as long, without the matching"),
+    started from the weights of ``init`` (a stage-1 checkpoint or run folder; the recipe's ``"init"`` entry, loaded by
+    :func:`hparse.engine.finetune.load_weights`; a ``{seed}`` in it is filled with the run's seed by the experiment
+    runner), for a third of stage 1's steps (the paper's 50 epochs after 150), at a fixed learning rate without
+    warm-up and the stage-1 optimiser. The rate: ``gpu`` the paper's 1e-4 per 32 images (SGD, as stage 1); ``cpu`` and
+    ``smoke`` the rate their stage 1 ends at (AdamW 1e-5 on cpu: Adam's step does not shrink with the gradient, so the
+    paper's 1/50 of the final stage-1 rate would leave the model where it is in a 500-step run). ``init`` with
+    ``stage=1`` starts stage 1 from those weights.
     """
     from .models.mg_targets import scaled_radius
 
     if dataset not in _MG_DATASETS:
         raise ValueError(f"mg_parser needs keypoints; it has recipes for {', '.join(_MG_DATASETS)} (CIHP has none)")
+    if stage not in (1, 2):
+        raise ValueError(f"mg_parser trains in two steps: stage must be 1 or 2, got {stage!r}")
+    if stage == 2 and not init:
+        raise ValueError("stage 2 fine-tunes a stage-1 model: give init (its checkpoint or run folder)")
     side = profile.image_size if dataset == "synth" else _MG_REAL_SIDE.get(profile.name, 512)
     model = dict(keypoints=_MG_DATASETS[dataset], disk_radius=scaled_radius(32.0, side),
                  limb_sigma=scaled_radius(9.0, side), dspf="residual", warp=True, matching="dykstra",
@@ -282,17 +299,32 @@ def mg_parser_recipe(profile: Profile, dataset: str = "synth", **flags) -> dict[
     if profile.name == "gpu":
         model.update(backbone=profile.backbone, decoder_channels=256, dspf_channels=256)
         train = _schedule(profile, lr=0.05 * profile.batch_size / 32, weight_decay=1e-5, milestones=(0.8,))
+        stage2_lr = 1e-4 * profile.batch_size / 32
     elif profile.name == "cpu":
         model.update(backbone="resnet18", backbone_weights=None, backbone_width=24, fpn_channels=64,
                      decoder_channels=64, dspf_channels=32)
         # From random weights a bottom-up model needs more steps than the profile's 600: 1500 steps of batch 4 take
         # about 13 minutes on one CPU thread (0.5 s a step at 192 pixels).
         train = _schedule(profile, iterations=1500, optimizer="adamw", lr=1e-3, weight_decay=1e-4)
+        stage2_lr = None
     else:
         model.update(backbone="resnet18", backbone_width=16, fpn_channels=32, decoder_channels=32, dspf_channels=16)
         train = _schedule(profile)
+        stage2_lr = None
+    out = {"model": model, "train": train, "data": synth_data(profile)}
+    if stage == 2:
+        milestones = train.get("milestones", (2 / 3, 8 / 9))  # the trainer's default when the schedule names none
+        final_lr = train["lr"] * 0.1 ** len(milestones)
+        iterations = max(1, train["iterations"] // 3)
+        out["train"] = {**train, "iterations": iterations, "lr": stage2_lr or final_lr, "warmup": 0,
+                        "schedule": "step", "milestones": (),
+                        "checkpoint_every": min(train["checkpoint_every"], iterations)}
+        model["matching_loss"] = True
+        out["init"] = str(init)
+    elif init:
+        out["init"] = str(init)
     model.update(flags)
-    return {"model": model, "train": train, "data": synth_data(profile)}
+    return out
 
 
 METHODS["mg_parser"] = mg_parser_recipe

@@ -8,12 +8,15 @@ import torch
 
 from hparse.ops import assignment_loss, dykstra_matching, greedy_matching, hungarian_matching, round_assignment
 from hparse.ops.matching import (
+    TRAINING_DEFAULTS,
     accuracy_vs_iterations,
     dykstra_projection,
+    gradient_alive_rate,
     matching_weight,
     optimality_rate,
     pgd_iterates,
     random_problems,
+    random_targets,
 )
 
 TRAP = torch.tensor([[0.9, 0.8], [0.8, 0.1]])  # greedy takes 0.9 + 0.1, the optimum is 0.8 + 0.8
@@ -42,6 +45,82 @@ def all_matchings(n: int, m: int):
                 for i, j in subset:
                     V[i, j] = 1
                 yield V
+
+
+# ------------------------------------------------------------------------------- training through the matching
+
+
+def test_training_defaults_keep_the_gradient_alive_on_wrong_answers():
+    # The measurement: 3-8 candidates per side, a random ground-truth matching. At the inference settings the
+    # unrolled PGD reaches a vertex and the gradient is exactly zero on most wrong problems; the training settings
+    # must send a gradient back on at least 95% of them.
+    trained = gradient_alive_rate(400, seed=5, **TRAINING_DEFAULTS)
+    assert trained["wrong"] > 300
+    assert trained["alive_when_wrong"] >= 0.95
+    lp = gradient_alive_rate(400, seed=5)
+    assert lp["alive_when_wrong"] < 0.5
+
+
+def test_wrong_vertex_has_zero_gradient_in_the_lp_and_a_useful_one_with_tau():
+    A = torch.tensor([[0.9, 0.6], [0.5, 0.8]], requires_grad=True)
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # the truth is the anti-diagonal; the scores prefer the diagonal
+    Y = dykstra_matching(A)
+    assert round_assignment(Y.detach()).tolist() == [[True, False], [False, True]]
+    assignment_loss(Y, target).backward()
+    assert float(A.grad.abs().max()) == 0.0  # converged onto the vertex: nothing to learn from
+    A.grad = None
+    Y = dykstra_matching(A, **TRAINING_DEFAULTS)
+    loss = assignment_loss(Y, target)
+    loss.backward()
+    g = A.grad
+    assert float(g.abs().max()) > 1e-3
+    # descending the gradient raises the true pairs against the wrong ones
+    assert float(g[0, 1]) < 0 and float(g[1, 0]) < 0 and float(g[0, 0]) > 0 and float(g[1, 1]) > 0
+    with torch.no_grad():
+        assert float(assignment_loss(dykstra_matching(A - 0.1 * g / g.abs().max(), **TRAINING_DEFAULTS), target)) < \
+            float(loss)
+
+
+def test_regularised_solution_is_the_projection_of_a_over_tau():
+    # min -<A, Y> + tau/2 |Y|^2 over the polytope is F_C(A / tau); PGD with tau > 0 converges to it.
+    A, lengths = random_problems(16, min_size=2, max_size=6, seed=8, dtype=torch.float64)
+    for tau in (0.3, 0.5, 1.0):
+        Y = dykstra_matching(A, lengths, iters=3000, step=0.2 / tau, tau=tau, polish=False)
+        P = dykstra_projection(A / tau, lengths, iters=20000)
+        torch.testing.assert_close(Y, P, atol=1e-6, rtol=0)
+    Y = dykstra_matching(A, lengths, **{**TRAINING_DEFAULTS, "iters": 3000})
+    P = dykstra_projection(A / TRAINING_DEFAULTS["tau"], lengths, iters=20000)
+    torch.testing.assert_close(Y, P, atol=1e-6, rtol=0)
+    # and the training settings are close to it after their 30 steps
+    Y30 = dykstra_matching(A, lengths, **TRAINING_DEFAULTS)
+    assert float((Y30 - P).abs().max()) < 0.05
+
+
+def test_training_defaults_are_feasible_and_inference_unchanged():
+    A, lengths = random_problems(64, max_size=8, seed=9)
+    Y = dykstra_matching(A, lengths, **TRAINING_DEFAULTS)
+    assert violation(Y) <= 1e-5 and float(Y.max()) <= 1 + 1e-5
+    assert torch.equal(dykstra_matching(A, lengths), dykstra_matching(A, lengths, tau=0.0))
+
+
+def test_tau_is_validated():
+    A = torch.rand(3, 3)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tau"):
+            dykstra_matching(A, tau=bad)
+    with pytest.raises(ValueError, match="step \\* tau"):
+        dykstra_matching(A, step=4.0, tau=0.5)
+
+
+def test_random_targets_are_matchings_of_min_size():
+    A, lengths = random_problems(50, min_size=1, max_size=6, seed=2)
+    T = random_targets(lengths, 6, seed=3)
+    rows, cols = lengths
+    assert torch.equal(T.sum((1, 2)), torch.minimum(rows, cols).float())
+    assert bool((T.sum(1) <= 1).all() and (T.sum(2) <= 1).all())
+    r = torch.arange(6)
+    outside = ~((r[None, :, None] < rows[:, None, None]) & (r[None, None, :] < cols[:, None, None]))
+    assert float(T[outside].abs().sum()) == 0
 
 
 # ------------------------------------------------------------------------------------------ feasibility
@@ -400,8 +479,15 @@ def test_quality_benchmark_smoke(tmp_results):
 
     assert "matching_quality" in BENCHMARKS
     metrics = run_benchmark("matching_quality", get_profile("smoke"), torch.device("cpu"))
-    assert set(metrics) == {"default", "trade_off"}
+    assert set(metrics) == {"default", "trade_off", "training"}
     default, trade = metrics["default"], metrics["trade_off"]
+    training = metrics["training"]
+    assert training["defaults"] == TRAINING_DEFAULTS
+    assert training["meets_target"] == (training["alive_when_wrong"] >= training["target"])
+    assert training["alive_when_wrong"] == training["variants"]["training_defaults"]["alive_when_wrong"]
+    # the regularised relaxation keeps the gradient that the converged LP loses
+    assert training["variants"]["training_defaults"]["alive_when_wrong"] >= 0.95
+    assert training["variants"]["inference_defaults"]["alive_when_wrong"] < 0.5
     settings = QUALITY_SETTINGS["smoke"]
     assert trade["iterations"] == sorted({*settings["iterations"], DEFAULT_ITERS})
     for key in ("within_1pct", "within_1pct_min_seed", "within_1pct_max_seed", "exact", "mean_ratio"):

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "instance_crf": "hparse.benchmarks.instance_crf",
     "matching": "hparse.benchmarks.matching",
     "matching_quality": "hparse.benchmarks.matching:quality",
+    "matching_loss_cost": "hparse.benchmarks.matching:loss_cost",
     "metrics": "hparse.benchmarks.metrics",
     "mg_parser": "hparse.benchmarks.mg_parser",
     "mg_parser_oracle": "hparse.benchmarks.mg_parser:oracle",

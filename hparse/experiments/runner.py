@@ -40,6 +40,7 @@ import torch
 
 from ..data import SynthCrowd
 from ..engine.checkpoint import CHECKPOINT_NAME, load_model
+from ..engine.finetune import load_weights
 from ..engine.profiles import Profile, get_device, seed_everything
 from ..engine.results import RUN_RECORD_NAME, atomic_write_text, config_differences, results_dir, write_result
 from ..engine.trainer import LOG_NAME, train
@@ -104,6 +105,10 @@ def train_seed(method: str, profile: Profile, flags: dict, seed: int, out_dir: s
                variant: str | None = None, reuse: bool = True, keep_model: bool = False):
     """Train one ``(variant, seed)`` run of ``method`` with the profile's recipe and ``flags``; evaluate it on val.
 
+    A recipe with an ``"init"`` entry (a fine-tuning step, e.g. the bottom-up parser's ``stage=2``) starts from that
+    checkpoint's weights (:func:`hparse.engine.finetune.load_weights`), ``{seed}`` in it replaced by ``seed``, so
+    that one variant fine-tunes each seed's own earlier run.
+
     Returns ``(metrics, model)``; ``model`` is ``None`` when the run was reused from its record and ``keep_model`` is
     false (with ``keep_model`` a reused run's model is rebuilt from its checkpoint, in eval mode).
     """
@@ -124,6 +129,8 @@ def train_seed(method: str, profile: Profile, flags: dict, seed: int, out_dir: s
         return saved, model
     seed_everything(seed)
     model = build_model(method, num_classes=train_set.labels.num_classes, **plan["model"])
+    if plan.get("init"):  # a fine-tuning recipe starts from another run's weights; "{seed}" is this run's seed
+        load_weights(model, str(plan["init"]).format(seed=seed))
     summary = train(model, train_set, eval_dataset=val_set, out_dir=out_dir, seed=seed, device=device,
                     progress=False, config=config, profile=profile.name, **train_cfg)
     model.eval()

@@ -1,5 +1,7 @@
 """Multi-granularity bottom-up parsing (Zhou et al., CVPR 2021): parts, a Dense-to-Sparse Projection Field (DSPF),
-keypoints and limbs, assembled into people without boxes. Stage 1: everything but training through the matching.
+keypoints and limbs, assembled into people without boxes, trained in the paper's two steps (§3.4): without the
+matching (``matching_loss=False``, the default), then fine-tuned through the differentiable matching
+(``matching_loss=True``; :func:`hparse.recipes.mg_parser_recipe` with ``stage=2``).
 
 The network (§3.1-3.4), each component a constructor flag:
 
@@ -14,9 +16,32 @@ The network (§3.1-3.4), each component a constructor flag:
   :mod:`hparse.ops.warp`).
 - **F_Pose** (§3.3): the same light decoder; from it, per keypoint type a disk heatmap (radius ``disk_radius`` px)
   and a short-range offset field, and one limb heatmap per skeleton edge (σ = ``limb_sigma`` px).
+- **Matching loss** (§3.3-3.4, ``matching_loss=True``; :meth:`MGParser.matching_loss`): per limb type, the
+  candidates of the batch's images, A from the limb heatmaps, Y from the differentiable matching
+  (:func:`hparse.ops.dykstra_matching` at :data:`hparse.ops.matching.TRAINING_DEFAULTS`), binary cross-entropy of Y
+  against the ground-truth assignment (1 where both candidates belong to one person). Written down where the paper
+  is silent:
+
+  - *candidates*: the keypoints the network detects on the training image (steps 1-2 below, on its own maps),
+    plus every ground-truth joint that no detection stands for, so that every person is represented even where
+    detection still fails (:func:`~hparse.models.mg_targets.label_candidates`); detections that stand for no joint
+    (false positives, duplicates) stay, labelled "no person", so that the loss also teaches to leave them unmatched;
+  - *which pairs*: every pair of real candidates (inference drops pairs scoring at most ``limb_threshold``; training
+    keeps them, so that a wrong pair's score is pushed down and a true pair's up across the threshold);
+  - *where the gradient goes*: the limb heatmaps (through the bilinear samples along each segment: F_Pose, the
+    limb head, the backbone) and the DSPF (a detected candidate sits at its cell's projection ``c(u) + D(u)``, which
+    moves the sample points: the DSPF pyramid, its warping and the backbone). Hough voting only *selects* the
+    candidates (a discrete choice), so the disk and offset heads get no gradient from this loss, nor does F_Seg's
+    part classifier; ground-truth joints are fixed points;
+  - *batching*: detection runs per image (its candidate count varies; the same code as inference, without
+    gradient, with Hough voting scored exactly only where :func:`hough_upper_bound` lets a candidate pass); labelling,
+    limb scores, the matching and the loss run once for all limb types and images of the step, padded to the step's
+    largest candidate count. Cost: 4% of a cpu-profile step from a stage-1 checkpoint, 10% with the detection
+    threshold lowered to 0.3 (``hparse bench matching_loss_cost``).
 - **Loss weights**: homoscedastic uncertainty (Kendall et al., CVPR 2018; ``uncertainty=True``): each task's loss
   ``L`` enters as ``exp(−s) L + s`` with a learned ``s = log σ²`` (0 at the start, i.e. weight 1), else fixed
-  ``loss_weights``.
+  ``loss_weights``. The matching loss has its own ``s`` (``log_var_matching``, a parameter that exists only with
+  ``matching_loss=True``, so a stage-1 checkpoint loads into a stage-2 model with only that parameter new).
 
 Inference (§3.3 and "Inference" of §3.4), :func:`assemble`, shared with :func:`oracle_prediction`:
 
@@ -64,13 +89,21 @@ import torch.nn.functional as F
 from ..data.contract import IGNORE_INDEX
 from ..data.labels import COCO17, MPII16, PPP14, KeypointSet
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..ops.hough import hough_scores, point_nms
-from ..ops.matching import dykstra_matching, greedy_matching, hungarian_matching, round_assignment
+from ..ops.hough import disk_area, disk_cells, hough_map, hough_scores, point_nms
+from ..ops.matching import (
+    TRAINING_DEFAULTS,
+    assignment_loss,
+    dykstra_matching,
+    greedy_matching,
+    hungarian_matching,
+    round_assignment,
+)
 from .backbone import FPN_LEVELS, build_resnet_fpn
 from .heads.mg_heads import DSPF_VARIANTS, DSPFPyramid, LightDecoder, Predictor
 from .inference import empty_prediction
 from .inputs import check_images
 from .mg_targets import (
+    assignment_targets,
     cell_centres,
     dense_skeleton,
     disk_loss,
@@ -78,21 +111,27 @@ from .mg_targets import (
     dspf_targets,
     grid_labels,
     keypoint_targets,
+    label_candidates,
     limb_loss,
     limb_targets,
     offset_loss,
+    pad_keypoints,
     semantic_loss,
     skeleton_order,
 )
 
 __all__ = ["MGParser", "Assembly", "KEYPOINT_SETS", "MATCHINGS", "LIMB_SETS", "HOUGH_NORMS", "TASKS", "assemble",
-           "assign_pixels", "limb_scores", "group_joints", "oracle_prediction", "oracle_maps"]
+           "assign_pixels", "detect_keypoints", "hough_upper_bound", "limb_scores", "group_joints",
+           "oracle_prediction", "oracle_maps", "limb_assignment_counts", "limb_assignment_accuracy",
+           "MATCHING_LOSS_PARAMETERS"]
 
 KEYPOINT_SETS: dict[str, KeypointSet] = {"coco17": COCO17, "mpii16": MPII16, "ppp14": PPP14}
 MATCHINGS = ("dykstra", "hungarian", "greedy")
 LIMB_SETS = ("dense", "skeleton")
 HOUGH_NORMS = ("cells", "area")
-TASKS = ("semantic", "dspf", "disk", "offset", "limb")
+TASKS = ("semantic", "dspf", "disk", "offset", "limb")  # stage 1; stage 2 adds "matching"
+#: parameters a stage-2 model (``matching_loss=True``) has and a stage-1 checkpoint lacks
+MATCHING_LOSS_PARAMETERS = ("log_var_matching",)
 STRIDE = 4  # the output grid (the finest pyramid level)
 _ROOT_NAMES = ("nose", "head_top", "head")
 
@@ -140,8 +179,13 @@ class MGParser(nn.Module):
         hough_norm: ``"cells"`` (a Hough sum divided by the disk's cells inside the image) or ``"area"`` (by πR²,
             Eq. 8 as printed); see :mod:`hparse.ops.hough`.
         min_person_joints: groups with fewer joints are dropped.
-        uncertainty: Kendall uncertainty weighting of the five task losses; else ``loss_weights`` (default all 1).
+        matching_loss: add the loss through the differentiable matching (stage 2 of §3.4; module docstring).
+        uncertainty: Kendall uncertainty weighting of the task losses; else ``loss_weights`` (default all 1; keys
+            ``TASKS`` and ``"matching"``).
     """
+
+    #: parameters that a fine-tuning stage may add to a checkpoint's (see :mod:`hparse.engine.finetune`)
+    init_new_parameters = MATCHING_LOSS_PARAMETERS
 
     def __init__(
         self,
@@ -172,6 +216,7 @@ class MGParser(nn.Module):
         hough_norm: str = "cells",
         dykstra_iters: int = 300,
         min_person_joints: int = 1,
+        matching_loss: bool = False,
         uncertainty: bool = True,
         loss_weights: dict[str, float] | None = None,
     ):
@@ -184,9 +229,10 @@ class MGParser(nn.Module):
             raise ValueError(f"disk_radius and limb_sigma must be positive, got {disk_radius}, {limb_sigma}")
         if min_visibility not in (1, 2):
             raise ValueError(f"min_visibility must be 1 or 2, got {min_visibility}")
-        unknown = set(loss_weights or {}) - set(TASKS)
+        tasks = TASKS + (("matching",) if matching_loss else ())
+        unknown = set(loss_weights or {}) - set(tasks)
         if unknown:
-            raise ValueError(f"loss_weights has unknown tasks {sorted(unknown)}; tasks: {TASKS}")
+            raise ValueError(f"loss_weights has unknown tasks {sorted(unknown)}; tasks: {tasks}")
         self.num_classes = num_classes
         self.kset = _keypoint_set(keypoints)
         self.dspf_mode, self.warp, self.matching = dspf, warp, matching
@@ -209,10 +255,13 @@ class MGParser(nn.Module):
         self.disk_head = Predictor(decoder_channels, k, decoder_norm, bias=prior)
         self.offset_head = Predictor(decoder_channels, 2 * k, decoder_norm)  # in units of R
         self.limb_head = Predictor(decoder_channels, e, decoder_norm, bias=prior)
+        self.matching_loss_on = bool(matching_loss)
         self.uncertainty = uncertainty
         if uncertainty:
             self.log_vars = nn.Parameter(torch.zeros(len(TASKS)))
-        self.loss_weights = {task: 1.0 for task in TASKS} | dict(loss_weights or {})
+            if matching_loss:
+                self.log_var_matching = nn.Parameter(torch.zeros(()))
+        self.loss_weights = {task: 1.0 for task in tasks} | dict(loss_weights or {})
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -286,15 +335,90 @@ class MGParser(nn.Module):
             "offset": offset_loss(out["offsets"], kp_offsets, disks, self.disk_radius),
             "limb": limb_loss(out["limbs"], limbs),
         }
+        log_vars = {}
         if self.uncertainty:
-            return {f"loss_{task}": torch.exp(-self.log_vars[i]) * raw[task] + self.log_vars[i]
-                    for i, task in enumerate(TASKS)}
-        return {f"loss_{task}": self.loss_weights[task] * raw[task] for task in TASKS}
+            log_vars = {task: self.log_vars[i] for i, task in enumerate(TASKS)}
+        if self.matching_loss_on:
+            raw["matching"] = self.matching_loss(out, keypoints)
+            if self.uncertainty:
+                log_vars["matching"] = self.log_var_matching
+        if self.uncertainty:
+            return {f"loss_{task}": torch.exp(-s) * raw[task] + s for task, s in log_vars.items()}
+        return {f"loss_{task}": self.loss_weights[task] * raw[task] for task in raw}
+
+    def matching_loss(self, out: dict, keypoints: list[torch.Tensor], return_parts: bool = False):
+        """The loss through the differentiable matching (§3.3-3.4; the module docstring's "Matching loss").
+
+        Args:
+            out: :meth:`maps` of the batch. keypoints: per image, (N_i, K, 3) ground-truth keypoints in pixels.
+            return_parts: also return the intermediate tensors (tests and the chapter read them).
+
+        Returns:
+            the scalar binary cross-entropy of Y against the ground-truth assignment, averaged over the real entries of
+            every limb type and image (0, attached to the graph, when the batch has no pair of candidates); with
+            ``return_parts``, ``(loss, parts)`` where ``parts`` holds ``candidates`` (B, K, N, 2), ``valid``,
+            ``labels``, ``scores`` (A, (B, E, N, N)), ``assignment`` (Y), ``target`` and ``mask``.
+        """
+        cfg = self.assembly
+        k = self.kset.num_keypoints
+        fields = out["dspf"][-1].float() * self.dspf_strides[-1]  # (B, 2, h, w) pixels, with gradient
+        batch, _, h, w = fields.shape
+        device = fields.device
+        # 1-2. keypoint candidates of each image, detected as at inference (a selection: no gradient)
+        with torch.no_grad():
+            human = out["semantic"].argmax(1) > 0
+            disks = out["disks"].float().sigmoid()
+            offsets = out["offsets"].float()
+            found = [detect_keypoints(cfg, human[b], fields[b].detach(), disks[b], offsets[b], prune=True)
+                     for b in range(batch)]
+        detected = max([f["valid"].shape[1] for f in found if "valid" in f] + [0])
+        cells = torch.zeros(batch, k, detected, dtype=torch.long, device=device)
+        found_valid = torch.zeros(batch, k, detected, dtype=torch.bool, device=device)
+        for b, f in enumerate(found):
+            if "valid" in f:
+                n = f["valid"].shape[1]
+                cells[b, :, :n], found_valid[b, :, :n] = f["cells"], f["valid"]
+        # a detected candidate sits at its cell's projection c(u) + D(u): differentiable in D
+        centres = cell_centres(h, w, STRIDE, device).view(1, h * w, 2)
+        projections = centres + fields.flatten(2).transpose(1, 2)  # (B, hw, 2)
+        found_xy = projections.gather(1, cells.view(batch, -1, 1).expand(-1, -1, 2)).view(batch, k, detected, 2)
+        # labels, plus the ground-truth joints that no detection stands for
+        joints, used = pad_keypoints(keypoints, self.min_visibility, device)  # (B, P, K, 2), (B, P, K)
+        if joints.shape[2] != k:  # images without people: no joint of any type
+            joints, used = joints.new_zeros(batch, joints.shape[1], k, 2), used.new_zeros(batch, used.shape[1], k)
+        labels, covered = label_candidates(found_xy, found_valid, joints, used, cfg.nms_radius or cfg.disk_radius / 3)
+        people = joints.shape[1]
+        candidates = torch.cat((found_xy, joints.permute(0, 2, 1, 3)), 2)  # (B, K, N + P, 2)
+        valid = torch.cat((found_valid, used.permute(0, 2, 1) & ~covered), 2)
+        labels = torch.cat((labels, torch.arange(1, people + 1, device=device).expand(batch, k, -1)), 2)
+        # keep the real candidates first and cut the padding to the step's largest count
+        order = valid.to(torch.uint8).argsort(dim=2, descending=True, stable=True)
+        count = int(valid.sum(2).max()) if valid.numel() else 0
+        order = order[:, :, :count]
+        candidates = candidates.gather(2, order[..., None].expand(-1, -1, -1, 2))
+        valid, labels = valid.gather(2, order), labels.gather(2, order)
+        # 3. limb scores of every limb type and image at once; 4. the relaxed matching; §3.4's cross-entropy
+        limb_maps = out["limbs"].float().sigmoid()
+        A = limb_scores(limb_maps, self.limbs, candidates, valid, cfg.limb_samples, STRIDE)  # (B, E, N, N)
+        target, mask = assignment_targets(labels, valid, self.limbs)
+        e = len(self.limbs)
+        if count == 0 or not bool(mask.any()):
+            loss = 0.0 * limb_maps.sum() + 0.0 * fields.sum()
+            Y = A
+        else:
+            flat = (batch * e, count, count)
+            Y = dykstra_matching(A.reshape(flat), mask.reshape(flat), **TRAINING_DEFAULTS).view_as(A)
+            loss = assignment_loss(Y.reshape(flat), target.reshape(flat), mask.reshape(flat), kind="bce")
+        if return_parts:
+            return loss, {"candidates": candidates, "valid": valid, "labels": labels, "scores": A, "assignment": Y,
+                          "target": target, "mask": mask, "detected": found_valid.sum().item()}
+        return loss
 
     # ----------------------------------------------------------------------------------------- inference
 
     @torch.no_grad()
-    def predict(self, out: dict, sizes: list[tuple[int, int]]) -> list[dict]:
+    def predict(self, out: dict, sizes: list[tuple[int, int]], return_steps: bool = False) -> list[dict]:
+        """:func:`assemble` on every image of the batch (``return_steps``: keep its intermediate results)."""
         with torch.autocast(out["semantic"].device.type, enabled=False):
             preds = []
             for b, (height, width) in enumerate(sizes):
@@ -313,6 +437,7 @@ class MGParser(nn.Module):
                     disks=out["disks"][b, :, :grid_h, :grid_w].float().sigmoid(),
                     offsets=out["offsets"][b, :, :, :grid_h, :grid_w].float(),
                     limbs=out["limbs"][b, :, :grid_h, :grid_w].float().sigmoid(),
+                    return_steps=return_steps,
                 ))
             return preds
 
@@ -324,29 +449,37 @@ def limb_scores(limb_maps: torch.Tensor, limbs, candidates: torch.Tensor, valid:
                 samples: int, stride: int) -> torch.Tensor:
     """Eq. 9's score matrices: the mean limb heatmap along each candidate segment, all limb types at once.
 
+    Sampling is bilinear (``grid_sample``), so the scores are differentiable with respect to the heatmaps and to the
+    candidate positions (the matching loss uses both).
+
     Args:
-        limb_maps: (E, h, w) limb heatmaps in [0, 1] on the stride-``stride`` grid.
-        limbs: E (a, b) joint types. candidates: (K, N, 2) candidate positions in pixels; valid: (K, N) bool.
+        limb_maps: (E, h, w) limb heatmaps in [0, 1] on the stride-``stride`` grid, or (B, E, h, w) for a batch.
+        limbs: E (a, b) joint types. candidates: (K, N, 2) candidate positions in pixels, or (B, K, N, 2);
+            valid: (K, N) or (B, K, N) bool.
         samples: points per segment (endpoints included).
 
     Returns:
-        (E, N, N) scores ``A[e, n, n'] `` for candidate n of type a and n' of type b (0 where either is invalid).
+        (E, N, N) scores ``A[e, n, n'] `` for candidate n of type a and n' of type b (0 where either is invalid), or
+        (B, E, N, N) for a batch.
     """
-    kinds, count = valid.shape
+    if limb_maps.dim() == 3:
+        return limb_scores(limb_maps[None], limbs, candidates[None], valid[None], samples, stride)[0]
+    batch, kinds, count = valid.shape
     e = len(limbs)
     if count == 0 or e == 0:
-        return limb_maps.new_zeros(e, count, count)
+        return limb_maps.new_zeros(batch, e, count, count)
     a = torch.tensor([x for x, _ in limbs], device=limb_maps.device)
     b = torch.tensor([y for _, y in limbs], device=limb_maps.device)
-    pa, pb = candidates[a][:, :, None], candidates[b][:, None, :]  # (E, N, 1, 2), (E, 1, N, 2)
-    t = torch.linspace(0, 1, samples, device=limb_maps.device).view(1, 1, 1, -1, 1)
-    points = pa[..., None, :] + t * (pb - pa)[..., None, :]  # (E, N, N, S, 2) pixels
+    pa, pb = candidates[:, a, :, None], candidates[:, b, None, :]  # (B, E, N, 1, 2), (B, E, 1, N, 2)
+    t = torch.linspace(0, 1, samples, device=limb_maps.device).view(1, 1, 1, 1, -1, 1)
+    points = pa[..., None, :] + t * (pb - pa)[..., None, :]  # (B, E, N, N, S, 2) pixels
     h, w = limb_maps.shape[-2:]
     norm = torch.tensor([2.0 / (w * stride), 2.0 / (h * stride)], device=limb_maps.device)
-    grid = (points * norm - 1).view(e, count * count * samples, 1, 2)
-    sampled = F.grid_sample(limb_maps[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    scores = sampled.view(e, count, count, samples).mean(-1)
-    return scores * (valid[a][:, :, None] & valid[b][:, None, :])
+    grid = (points * norm - 1).reshape(batch * e, count * count * samples, 1, 2).to(limb_maps.dtype)
+    sampled = F.grid_sample(limb_maps.reshape(batch * e, 1, h, w), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    scores = sampled.view(batch, e, count, count, samples).mean(-1)
+    return scores * (valid[:, a, :, None] & valid[:, b, None, :])
 
 
 def _match(scores: torch.Tensor, mask: torch.Tensor, method: str, iters: int) -> torch.Tensor:
@@ -496,6 +629,109 @@ def _boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack((x1, y1, x2, y2), 1).float()
 
 
+def hough_upper_bound(votes: torch.Tensor, weights: torch.Tensor, points: torch.Tensor,
+                      size: tuple[int, int]) -> torch.Tensor:
+    """An upper bound of Eq. 8's unnormalised Hough sum at every point, from one bilinear splat: cheap and exact.
+
+    A vote ``v`` reaches ``x`` only when ``|v − x| < 1`` on both axes (the tent's support) and then adds at most its
+    weight; its weight splats, in total, onto the grid nodes within 1 of ``v`` (bilinear weights sum to 1), all of
+    which lie within 2 of ``x``: the 4 × 4 nodes around ``x``. So ``Σ_v w_v K(v − x)`` is at most the splatted map
+    (:func:`~hparse.ops.hough.hough_map`) summed over those 16 nodes. The map is padded by 2 cells on each side so that
+    votes just outside the image count; points whose 16 nodes leave the padded map get ``inf`` (no bound).
+
+    Args:
+        votes: (K, V, 2) votes in cell units. weights: (K, V). points: (Q, 2) in cell units. size: (h, w) of the grid.
+
+    Returns:
+        (K, Q) bounds, comparable to :func:`~hparse.ops.hough.hough_scores` before its normalisation.
+    """
+    h, w = size
+    splat = hough_map(votes + 2, weights, (h + 4, w + 4))  # node (i, j) of the grid is (i + 2, j + 2) here
+    box = F.avg_pool2d(splat[None], 4, stride=1)[0] * 16  # (K, h + 1, w + 1): sums of 4 x 4 nodes
+    first = (points - 0.5).floor().long() + 1  # the box whose nodes are floor(x - 0.5) - 1 ... + 2, per axis
+    inside = (first[:, 0] >= 0) & (first[:, 0] <= w) & (first[:, 1] >= 0) & (first[:, 1] <= h)
+    bound = box[:, first[:, 1].clamp(0, h), first[:, 0].clamp(0, w)]
+    return bound.masked_fill(~inside[None], math.inf)
+
+
+def _hough_at_pairs(votes: torch.Tensor, weights: torch.Tensor, points: torch.Tensor, kinds: torch.Tensor,
+                    chunk: int = 1 << 22) -> torch.Tensor:
+    """Eq. 8's unnormalised sum ``Σ_v w_kv K(v_kv − x)`` for given (type, point) pairs only: (P,) for P pairs.
+
+    :func:`~hparse.ops.hough.hough_scores` scores every point under every type; after :func:`hough_upper_bound` has
+    ruled most pairs out, scoring the remaining pairs alone is what saves the time. Votes of zero weight are dropped
+    first (per type, padded to the largest count), as ``hough_scores`` does with its ``min_weight``.
+    """
+    out = points.new_zeros(kinds.shape[0])
+    if kinds.numel() == 0:
+        return out
+    live = weights > 0
+    top = int(live.sum(1).max())
+    if top == 0:
+        return out
+    order = live.float().argsort(dim=1, descending=True, stable=True)[:, :top]
+    votes = votes.gather(1, order[..., None].expand(-1, -1, 2))
+    weights = weights.gather(1, order)  # the padding keeps weight 0
+    step = max(1, chunk // top)
+    for start in range(0, kinds.shape[0], step):
+        kind = kinds[start:start + step]
+        d = (votes[kind] - points[start:start + step, None]).abs()  # (p, V, 2)
+        out[start:start + step] = ((1 - d).clamp_min(0).prod(-1) * weights[kind]).sum(-1)
+    return out
+
+
+def detect_keypoints(cfg: Assembly, human: torch.Tensor, dspf_grid: torch.Tensor, disks: torch.Tensor,
+                     offsets: torch.Tensor, prune: bool = False) -> dict:
+    """Steps 1-2 of the module docstring for one image: keypoint candidates from DSPF projections and Hough voting.
+
+    Args:
+        cfg: the settings (:class:`Assembly`).
+        human: (h, w) bool human cells. dspf_grid: (2, h, w) DSPF in pixels. disks: (K, h, w) probabilities.
+        offsets: (K, 2, h, w) short-range offsets in pixels.
+        prune: score exactly only the (type, projection) pairs whose :func:`hough_upper_bound` reaches the threshold
+            (the others cannot pass it; their scores are reported as 0). The candidates are the same up to rounding
+            in the last bits of a sum; the matching loss uses it because exact Hough scoring of every projection under
+            every type would dominate its cost.
+
+    Returns:
+        ``queries`` (Q, 2) projections of the human cells, ``scores`` (K, Q) their Hough scores, ``keep`` (K, Q) the
+        kept ones and, when any is kept, ``candidates`` (K, N, 2) in pixels, ``valid`` (K, N), ``candidate_scores``
+        (K, N) and ``cells`` (K, N) the flat index (row-major in ``h x w``) of the cell each candidate projects from.
+    """
+    s, k, radius = cfg.stride, cfg.kset.num_keypoints, cfg.disk_radius
+    h, w = human.shape
+    centres = cell_centres(h, w, s, human.device)  # (h, w, 2) pixels
+    # 1. candidates are the projections of the human cells
+    queries = (centres + dspf_grid.permute(1, 2, 0))[human]  # (Q, 2) pixels
+    # 2. Hough voting (Eq. 8) at the projections, then deduplication
+    votes = (centres[None] + offsets.permute(0, 2, 3, 1)).reshape(k, -1, 2)  # (K, hw, 2) pixels
+    weights = disks.reshape(k, -1)
+    norm_size = (h, w) if cfg.hough_norm == "cells" else None
+    if prune and queries.shape[0]:
+        kept = weights * (weights >= cfg.vote_min)  # the exact sum drops these votes too
+        norm = disk_cells(queries / s, radius / s, (h, w)).clamp_min(1) if norm_size else disk_area(radius / s)
+        if not torch.is_tensor(norm):
+            norm = queries.new_full((queries.shape[0],), norm)
+        bound = hough_upper_bound(votes / s, kept, queries / s, (h, w)) / norm
+        kinds, index = (bound >= cfg.keypoint_threshold - 1e-4).nonzero(as_tuple=True)  # a margin for rounding
+        scores = queries.new_zeros(k, queries.shape[0])
+        scores[kinds, index] = _hough_at_pairs(votes / s, kept, queries[index] / s, kinds) / norm[index]
+    else:
+        scores = hough_scores(votes / s, weights, queries / s, radius / s, cfg.vote_min, size=norm_size)  # (K, Q)
+    passed = scores >= cfg.keypoint_threshold
+    keep = point_nms(queries[None].expand(k, -1, -1), scores, cfg.nms_radius or radius / 3, passed,
+                     cfg.max_candidates)
+    out = {"queries": queries, "scores": scores, "keep": keep}
+    count = int(keep.sum(1).max()) if keep.numel() else 0
+    if count == 0:
+        return out
+    ranked = scores.masked_fill(~keep, -math.inf).topk(count, dim=1)
+    valid = torch.isfinite(ranked.values)  # (K, N)
+    out.update(candidates=queries[ranked.indices], valid=valid, candidate_scores=ranked.values.masked_fill(~valid, 0),
+               cells=human.flatten().nonzero()[:, 0][ranked.indices])
+    return out
+
+
 def assemble(cfg: Assembly, probs: torch.Tensor, dspf_full: torch.Tensor, *, human: torch.Tensor,
              dspf_grid: torch.Tensor, disks: torch.Tensor, offsets: torch.Tensor, limbs: torch.Tensor,
              return_steps: bool = False) -> dict:
@@ -522,26 +758,12 @@ def assemble(cfg: Assembly, probs: torch.Tensor, dspf_full: torch.Tensor, *, hum
     empty = empty_prediction((height, width), cfg.num_classes, device)
     empty["semantic"] = probs.argmax(0)
     empty["keypoints"] = torch.zeros(0, k, 3, device=device)
-    h, w = human.shape
-    centres = cell_centres(h, w, s, device)  # (h, w, 2) pixels
-    # 1. candidates are the projections of the human cells
-    queries = (centres + dspf_grid.permute(1, 2, 0))[human]  # (Q, 2) pixels
-    steps = {"queries": queries}
-    # 2. Hough voting (Eq. 8) at the projections, then deduplication
-    votes = (centres[None] + offsets.permute(0, 2, 3, 1)).reshape(k, -1, 2)  # (K, hw, 2) pixels
-    scores = hough_scores(votes / s, disks.reshape(k, -1), queries / s, radius / s, cfg.vote_min,
-                          size=(h, w) if cfg.hough_norm == "cells" else None)  # (K, Q)
-    passed = scores >= cfg.keypoint_threshold
-    keep = point_nms(queries[None].expand(k, -1, -1), scores, cfg.nms_radius or radius / 3, passed,
-                     cfg.max_candidates)
-    count = int(keep.sum(1).max()) if keep.numel() else 0
-    steps.update(scores=scores, keep=keep)
-    if count == 0:
+    found = detect_keypoints(cfg, human, dspf_grid, disks, offsets)
+    steps = {key: found[key] for key in ("queries", "scores", "keep")}
+    if "candidates" not in found:
         return {**empty, "steps": steps} if return_steps else empty
-    ranked = scores.masked_fill(~keep, -math.inf).topk(count, dim=1)
-    valid = torch.isfinite(ranked.values)  # (K, N)
-    cand = queries[ranked.indices]  # (K, N, 2)
-    cand_score = ranked.values.masked_fill(~valid, 0)
+    cand, valid, cand_score = found["candidates"], found["valid"], found["candidate_scores"]
+    count = valid.shape[1]
     # 3. limb scores (Eq. 9's A) and 4. matching, all limb types at once
     A = limb_scores(limbs, cfg.limbs, cand, valid, cfg.limb_samples, s)  # (E, N, N)
     a_idx = [a for a, _ in cfg.limbs]
@@ -599,6 +821,77 @@ def assemble(cfg: Assembly, probs: torch.Tensor, dspf_full: torch.Tensor, *, hum
         steps.update(groups=groups, owner=person_map)
         pred["steps"] = steps
     return pred
+
+
+# ------------------------------------------------------------------------------------- grouping quality
+
+
+def limb_assignment_counts(steps: dict, keypoints: torch.Tensor, limbs, radius: float,
+                           min_visibility: int = 2) -> dict[str, int]:
+    """How well one image's matching grouped its detected keypoints (the limb assignment accuracy's counts).
+
+    Candidates are labelled with the ground-truth person they stand for exactly as the matching loss labels them
+    (:func:`~hparse.models.mg_targets.label_candidates`, within ``radius``). A ground-truth limb (a person with both
+    joints of a limb type used) is *detectable* when both joints have a candidate, and *correct* when the matching
+    paired exactly those two candidates. Detection misses are thus left out: this measures the grouping alone.
+
+    Args:
+        steps: :func:`assemble`'s ``steps`` (``candidates``, ``candidate_valid``, ``assignment``).
+        keypoints: (P, K, 3) ground-truth keypoints of the image. limbs: the matched limb types.
+        radius: labelling radius in pixels (the model's ``assembly.nms_radius``). min_visibility: joints used.
+
+    Returns:
+        ``limbs`` (detectable ground-truth limbs), ``correct``, ``matched`` (pairs the matching made) and
+        ``matched_labelled`` (made pairs whose two candidates both stand for a joint).
+    """
+    zero = {"limbs": 0, "correct": 0, "matched": 0, "matched_labelled": 0}
+    if "candidates" not in steps or not len(keypoints):
+        if "assignment" in steps:
+            zero["matched"] = int(steps["assignment"].sum())
+        return zero
+    cand, valid, chosen = steps["candidates"], steps["candidate_valid"], steps["assignment"]
+    joints, used = pad_keypoints([keypoints], min_visibility, cand.device)
+    labels, _ = label_candidates(cand[None], valid[None], joints, used, radius)
+    target, _ = assignment_targets(labels, valid[None], limbs)
+    target, labels = target[0].bool(), labels[0]
+    a = torch.tensor([x for x, _ in limbs], device=cand.device)
+    b = torch.tensor([y for _, y in limbs], device=cand.device)
+    both = (labels[a][:, :, None] > 0) & (labels[b][:, None, :] > 0)
+    return {"limbs": int(target.sum()), "correct": int((target & chosen).sum()), "matched": int(chosen.sum()),
+            "matched_labelled": int((chosen & both).sum())}
+
+
+@torch.no_grad()
+def limb_assignment_accuracy(model: MGParser, dataset, *, max_images: int | None = None, batch_size: int = 4,
+                             device: torch.device | str | None = None) -> dict[str, float]:
+    """The limb assignment accuracy of a trained parser on ``dataset`` (sums of :func:`limb_assignment_counts`).
+
+    Returns:
+        ``limb_accuracy`` (correct / detectable ground-truth limbs: the grouping recall), ``limb_precision``
+        (correct / made pairs between labelled candidates) and the summed counts, plus ``limb_images``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    totals = {"limbs": 0, "correct": 0, "matched": 0, "matched_labelled": 0}
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    radius = model.assembly.nms_radius or model.disk_radius / 3
+    try:
+        for start in range(0, count, batch_size):
+            samples = [dataset[i] for i in range(start, min(count, start + batch_size))]
+            images = [s["image"].to(device) for s in samples]
+            out = model.maps(model._batch(images))
+            preds = model.predict(out, [tuple(i.shape[-2:]) for i in images], return_steps=True)
+            for pred, sample in zip(preds, samples):
+                counts = limb_assignment_counts(pred["steps"], sample["keypoints"].to(device), model.limbs, radius,
+                                                model.min_visibility)
+                for key in totals:
+                    totals[key] += counts[key]
+    finally:
+        model.train(was_training)
+    return {"limb_accuracy": totals["correct"] / max(totals["limbs"], 1),
+            "limb_precision": totals["correct"] / max(totals["matched_labelled"], 1),
+            **{f"limb_{key}": value for key, value in totals.items()}, "limb_images": count}
 
 
 # ----------------------------------------------------------------------------------------------------- oracle

@@ -24,6 +24,12 @@ Conventions written down here (the paper leaves them open):
   to the segment ``ab`` of a person with both joints used, the maximum over people. The paper's "unnormalised
   elliptical Gaussian ... between the endpoints" leaves the shape open; ours is flat (= 1) along the segment and
   Gaussian across it and around the ends (its level sets are stadiums), so the mean along a true limb is 1.
+- **Candidates of the matching loss** (§3.3-3.4, stage 2): the keypoints the network detects, plus every used
+  ground-truth joint that no detection stands for, so that every person is represented even where detection failed.
+  A detection stands for the used joint of its type nearest to it when that joint is within ``radius`` pixels (the
+  parser passes its deduplication radius, ``R / 3``: two points closer than that are one keypoint for the assembly) and
+  no other detection is nearer to that joint (:func:`label_candidates`); the others are labelled 0, "no person" (false
+  positives and duplicates), and the ground truth of a limb is "same person" (:func:`assignment_targets`).
 - **Scale.** ``R = 32`` and ``σ = 9`` pixels are the paper's values at its input scale; the recipes scale both with
   the image side (``R = 32 · side / 512``, :func:`scaled_radius`), the model takes them in pixels.
 """
@@ -40,7 +46,8 @@ from ..data.contract import IGNORE_INDEX
 
 __all__ = ["PAPER_SIDE", "scaled_radius", "cell_centres", "grid_labels", "pad_keypoints", "dspf_targets",
            "keypoint_targets", "limb_targets", "limb_flip_permutation", "skeleton_order", "dense_skeleton",
-           "semantic_loss", "dspf_loss", "disk_loss", "offset_loss", "limb_loss"]
+           "label_candidates", "assignment_targets", "semantic_loss", "dspf_loss", "disk_loss", "offset_loss",
+           "limb_loss"]
 
 #: the input side at which the paper's R = 32 px and σ = 9 px are taken to hold (see :func:`scaled_radius`)
 PAPER_SIDE = 512
@@ -249,6 +256,59 @@ def skeleton_order(limbs: Sequence[tuple[int, int]], num_keypoints: int, root: i
         parent, child = (a, b) if da <= db else (b, a)
         order.append((e >= len(primary), min(da, db), e, parent, child))
     return [(e, p, c) for _, _, e, p, c in sorted(order)]
+
+
+def label_candidates(candidates: torch.Tensor, valid: torch.Tensor, joints: torch.Tensor, used: torch.Tensor,
+                     radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which person each keypoint candidate stands for (module docstring, "Candidates of the matching loss").
+
+    Candidate ``n`` of type ``k`` is labelled ``p + 1`` when the used joint of type ``k`` nearest to it is person
+    ``p``'s, lies within ``radius``, and no other candidate of that type is nearer to it; else 0. Batched over images
+    and types, no loop.
+
+    Args:
+        candidates: (B, K, N, 2) positions in pixels. valid: (B, K, N) bool, real candidates.
+        joints: (B, P, K, 2) ground-truth joints in pixels. used: (B, P, K) bool (:func:`pad_keypoints`).
+        radius: the largest distance at which a candidate stands for a joint, in pixels.
+
+    Returns:
+        ``(labels, covered)``: int64 (B, K, N) in 0..P, and bool (B, K, P), True where a candidate stands for the joint.
+    """
+    b, k, n = valid.shape
+    p = joints.shape[1]
+    if n == 0 or p == 0:
+        return (torch.zeros(b, k, n, dtype=torch.int64, device=valid.device),
+                torch.zeros(b, k, p, dtype=torch.bool, device=valid.device))
+    gt = joints.permute(0, 2, 1, 3)  # (B, K, P, 2)
+    d2 = ((candidates.detach()[:, :, :, None] - gt[:, :, None]) ** 2).sum(-1)  # (B, K, N, P)
+    ok = valid[..., None] & used.permute(0, 2, 1)[:, :, None] & (d2 <= radius * radius)
+    d2 = d2.masked_fill(~ok, math.inf)
+    nearest_d2, nearest = d2.min(-1)  # each candidate's nearest joint
+    mine = F.one_hot(nearest, p).bool() & torch.isfinite(nearest_d2)[..., None]  # (B, K, N, P)
+    best_d2, winner = d2.masked_fill(~mine, math.inf).min(2)  # each joint's nearest candidate among those
+    covered = torch.isfinite(best_d2)  # (B, K, P)
+    wins = (torch.arange(n, device=valid.device)[None, None, :, None] == winner[:, :, None]) & covered[:, :, None]
+    labels = (wins.long() * torch.arange(1, p + 1, device=valid.device)).sum(-1)
+    return labels, covered
+
+
+def assignment_targets(labels: torch.Tensor, valid: torch.Tensor, limbs: Sequence[tuple[int, int]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth assignment matrices of every limb type (§3.3): candidates of the same person are connected.
+
+    Args:
+        labels: (B, K, N) person labels of :func:`label_candidates` (0: no person). valid: (B, K, N) bool.
+        limbs: the E ``(a, b)`` joint types.
+
+    Returns:
+        ``(target, mask)``: float (B, E, N, N) in {0, 1}, 1 where candidate ``i`` of type ``a`` and candidate ``j`` of
+        type ``b`` belong to the same person; bool (B, E, N, N), both candidates real.
+    """
+    a = torch.tensor([x for x, _ in limbs], dtype=torch.long, device=labels.device)
+    c = torch.tensor([y for _, y in limbs], dtype=torch.long, device=labels.device)
+    la, lb = labels[:, a, :, None], labels[:, c, None, :]
+    mask = valid[:, a, :, None] & valid[:, c, None, :]
+    return ((la == lb) & (la > 0) & mask).float(), mask
 
 
 # ------------------------------------------------------------------------------------------------------ losses
