@@ -423,6 +423,8 @@ def _cmd_train(args) -> int:
     profile = _profile(args)
     device = _device(args.device)
     out_dir = args.out or Path("runs") / f"{args.model}_{args.dataset}_{profile.name}"
+    if args.stage != 1 or args.init is not None:
+        return _train_stage2(args, profile, device, out_dir)
     recipe = _recipe_from_args(args, profile)
     run = train_from_recipe(args.model, recipe, profile, out_dir=out_dir, device=device, dataset=args.dataset,
                             root=args.root, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
@@ -431,6 +433,37 @@ def _cmd_train(args) -> int:
     summary = run.summary
     print(f"trained {summary['step']} steps in {summary['wall_time_s']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s); checkpoint {summary['checkpoint']}")
+    _print_run(summary)
+    return 0
+
+
+def _train_stage2(args, profile, device, out_dir: Path) -> int:
+    """``hparse train --model mg_parser --stage 2 --init CHECKPOINT``: the bottom-up parser's matching fine-tuning."""
+    if args.model != "mg_parser":
+        raise UserError(f"--stage and --init are for --model mg_parser (its two-step schedule), not {args.model}")
+    if args.stage != 2 or args.init is None:
+        raise UserError("stage 2 fine-tunes a stage-1 run: pass both --stage 2 and --init CHECKPOINT_OR_RUN_FOLDER")
+    if not Path(args.init).exists():
+        raise UserError(f"--init {args.init}: no such checkpoint or run folder")
+    from .engine.checkpoint import CheckpointError
+    from .engine.runs import train_dataset
+    from .experiments.mg_stage2 import train_stage2
+
+    overrides = {key: value for key, value in (("batch_size", args.batch_size), ("lr", args.lr),
+                                               ("num_workers", args.workers)) if value is not None}
+    train_set = val_set = None
+    if args.dataset != "synth":
+        train_set = train_dataset(args.dataset, args.root, profile, "train", profile.train_images, args.seed)
+        val_set = train_dataset(args.dataset, args.root, profile, "val", profile.val_images, args.seed)
+    try:
+        summary = train_stage2(args.init, train_set, val_set, profile=profile, dataset=args.dataset,
+                               out_dir=out_dir, seed=args.seed, device=device, iterations=args.iterations,
+                               result_name=args.record, force_record=args.force, resume=not args.no_resume,
+                               **overrides)
+    except (CheckpointError, ValueError) as err:
+        raise UserError(str(err)) from None
+    print(f"stage 2: trained {summary['step']} steps in {summary['wall_time_s']:.0f} s from {args.init}; "
+          f"checkpoint {summary['checkpoint']}")
     _print_run(summary)
     return 0
 
@@ -673,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint (its earlier log is kept as train_log.<time>.jsonl)")
     train.add_argument("--seed", type=_nonnegative_int, default=0)
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--stage", type=int, default=1, choices=(1, 2),
+                       help="mg_parser's two-step schedule: 2 fine-tunes --init with the matching loss (Sec. 3.4)")
+    train.add_argument("--init", type=Path, default=None, help="the stage-1 checkpoint or run folder of --stage 2")
     train.add_argument("--skip-bad", action="store_true", help="replace an unreadable training image by the next "
                        "one and list it, instead of stopping (with a checkpoint) at it")
     _add_record(train, "the run's metrics and config")

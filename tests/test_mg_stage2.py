@@ -339,3 +339,21 @@ def test_loss_cost_benchmark_smoke(tmp_path, monkeypatch):
     assert metrics["share"] == max(c["share"] for c in metrics["cases"].values())
     record = load_result("bench/matching_loss_cost", "smoke", root=tmp_path / "results")
     assert record["config"]["weights"].startswith("untrained")
+
+
+def test_cli_stage2_fine_tunes_a_stage1_run_and_refuses_misuse(tmp_path, capsys):
+    """``hparse train --model mg_parser --stage 2 --init RUN`` fine-tunes the stage-1 run; misuse is one line."""
+    from hparse.cli import main
+
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    assert main(["train", "--model", "mg_parser", "--profile", "smoke", "--iterations", "1", "--out", str(stage1)]) == 0
+    assert main(["train", "--model", "mg_parser", "--profile", "smoke", "--stage", "2", "--init", str(stage1),
+                 "--iterations", "1", "--out", str(stage2)]) == 0
+    record = json.loads((stage2 / "result.json").read_text())
+    assert record["config"]["model"]["matching_loss"] is True
+    capsys.readouterr()
+    for argv, words in ((["--model", "parsing_rcnn", "--stage", "2", "--init", str(stage1)], "mg_parser"),
+                        (["--model", "mg_parser", "--stage", "2"], "--init"),
+                        (["--model", "mg_parser", "--stage", "2", "--init", str(tmp_path / "nowhere")], "nowhere")):
+        assert main(["train", "--profile", "smoke", *argv, "--out", str(tmp_path / "x")]) == 2
+        assert words in capsys.readouterr().err
