@@ -20,11 +20,12 @@ the fraction the matching paired; and its precision) per seed, with their mean a
 
 Choices written down:
 
-- The cpu profile starts both arms from the shipped SynthCrowd backbone (``backbone_weights="synthcrowd"``,
-  :data:`PROFILE_FLAGS`): from random weights the cpu stage 1 detects no keypoint above the paper's 0.7 and predicts
-  no person (``results/cpu/mg_parser/train_synth.json``: 0 people on 100 val images; its Hough scores peak near
-  0.4), leaving nothing to group. Whether the pretrained backbone is enough within the recipe's 1500 steps is for the
-  run to show: the records keep ``num_pred_persons``, and a stage 1 that predicts nobody makes the comparison empty.
+- The cpu profile starts both arms from the shipped SynthCrowd backbone (its recipe's ``backbone_weights``, as the
+  top-down methods'; :data:`PROFILE_FLAGS` adds nothing): from random weights the cpu stage 1 detects no keypoint
+  above the paper's 0.7 and predicts no person (``results/cpu/mg_parser/train_synth.json``: 0 people on 100 val
+  images; its Hough scores peak near 0.4), leaving nothing to group. Whether the pretrained backbone is enough
+  within the recipe's 1500 steps is for the run to show: the records keep ``num_pred_persons``, and a stage 1 that
+  predicts nobody makes the comparison empty.
 - Stage 2 needs each seed's stage-1 checkpoint: the baseline variant runs first, and its run folders must still be
   there (a baseline seed reused from its record alone has no checkpoint; the command then says so).
 
@@ -61,7 +62,7 @@ __all__ = ["RECORD_PREFIX", "VARIANTS", "PROFILE_FLAGS", "PAPER_TABLE5", "KEYS",
 
 RECORD_PREFIX = "mg_parser/stage2_"
 #: Flags both arms get at a profile (module docstring).
-PROFILE_FLAGS: dict[str, dict] = {"cpu": {"backbone_weights": "synthcrowd"}}
+PROFILE_FLAGS: dict[str, dict] = {}
 #: The variants, in order; ``init`` is filled in by :func:`variants` (each seed's baseline run).
 VARIANTS: tuple[tuple[str, dict], ...] = (
     ("baseline", {}),
