@@ -22,9 +22,11 @@ before and apart from the method that will use it.
   (all from random weights), and which person each part belongs to, which no pixel label says.
 
 Shipped weights (:data:`PRETRAINED`): ``synthcrowd`` is a ResNet-18 at base width 24 with a 64-channel FPN
-(1.75 M parameters, 3.5 MB in float16), made by ``hparse pretrain`` (the command and its provenance are stored in the
-file and in ``results/cpu/pretrain/synthcrowd.json``). Build a model on it with ``backbone_weights="synthcrowd"``;
-like ImageNet weights, its batch-norm statistics are then frozen.
+(1.75 M parameters, 3.5 MB in float16), made by ``hparse pretrain`` in two stages (6000 steps of the summed loss from
+random weights, then 1500 of the per-level loss from them; :func:`hparse.recipes.pretrain_recipe`; the command and its
+provenance are stored in the file and in ``results/cpu/pretrain/synthcrowd.json``). Build a model on it with
+``backbone_weights="synthcrowd"``; like ImageNet weights, its batch-norm statistics are then frozen. The recipes pin
+the file they start from (``"synthcrowd@<digest>"``, :func:`pinned`), so runs made from an earlier file stay apart.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def load_pretrained(body: nn.Module, name: str, architecture: dict) -> None:
                          f"width={expected['width']}, fpn_channels={expected['fpn_channels']}; got {what}")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: hparse ships it with the package; recreate it with "
-                                f"`hparse pretrain --profile cpu --install` (about an hour on 2 cores; see "
+                                f"`hparse pretrain --profile cpu --install` (about 75 minutes on 2 cores; see "
                                 f"hparse.models.pretrain)")
     if digest is not None and weights_digest(name) != digest:
         raise ValueError(f"backbone_weights={name}@{digest}: the run was made from another {name!r} file than the one "
