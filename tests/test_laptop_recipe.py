@@ -196,3 +196,33 @@ def test_pretraining_stages_chain_and_supervise_each_level(tmp_path):
     assert torch.allclose(per_level, expected, atol=1e-5)
     model.supervision = "summed"
     assert not torch.allclose(model([sample["image"]], [sample])["loss_semantic"], per_level)
+
+
+def test_branch_probe_trains_the_branch_alone_on_frozen_features(tmp_path):
+    """The probe trains only the parsing branch (the backbone's weights do not move) and scores RoI mIoU; perfect
+    features are the one-hot part map at stride 4."""
+    from hparse.engine.profiles import seed_everything
+    from hparse.experiments import branch_probe as bp
+
+    profile = get_profile("smoke")
+    weights = tmp_path / "b.pt"
+    torch.save({"state_dict": bp._model(profile, None)[0].backbone.state_dict()}, weights)
+    seed_everything(0)  # as the probe does before building: the same initial branch
+    model, _ = bp._model(profile, weights)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.parsing_head.state_dict().items()}
+    out = bp.probe_branch(profile, weights, "branch", steps=2, train_images=4, val_images=2, eval_at=(1,),
+                          return_model=True)
+    assert [step for step, _ in out["curve"]] == [1, 2] and 0 <= out["mIoU"] <= 1
+    trained = out["model"]
+    assert all(torch.equal(before[k], v) for k, v in trained.backbone.state_dict().items())
+    assert any(not torch.equal(head_before[k], v) for k, v in trained.parsing_head.state_dict().items())
+    seed_everything(0)
+    rebuilt = bp._model(profile, weights)[0].parsing_head.state_dict()
+    assert all(torch.equal(head_before[k], v) for k, v in rebuilt.items())  # the comparison above is a fair one
+    sample = SynthCrowd("val", 1, 64, max_people=2)
+    (features, _), = bp._features(model, sample, perfect=True)
+    one_hot = features["0"][0, :20]
+    assert torch.allclose(one_hot.sum(0), torch.ones_like(one_hot[0]))  # a distribution over the parts per cell
+    with pytest.raises(ValueError, match="probe"):
+        bp.probe_branch(profile, weights, "nonsense")

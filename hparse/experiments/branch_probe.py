@@ -95,8 +95,9 @@ def _batch(model, items, jitter: float, semantic_targets: bool):
 
 def probe_branch(profile: Profile, weights: str | Path | None, probe: str = "branch", *, steps: int = 300,
                  batch_size: int = 4, train_images: int = 400, val_images: int = 40, eval_at=(25, 100, 200, 300),
-                 seed: int = 0) -> dict:
-    """Train one probe on frozen features; returns ``{"curve": [(step, RoI mIoU)], "mIoU", "per_class_iou", ...}``."""
+                 seed: int = 0, return_model: bool = False) -> dict:
+    """Train one probe on frozen features; returns ``{"curve": [(step, RoI mIoU)], "mIoU", "per_class_iou", ...}``
+    (and the trained ``"model"`` with ``return_model``)."""
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     seed_everything(seed)
@@ -138,8 +139,9 @@ def probe_branch(profile: Profile, weights: str | Path | None, probe: str = "bra
         if step in eval_at or step == steps:
             curve.append((step, evaluate().compute()["mIoU"]))
     final = evaluate().compute()
-    return {"curve": curve, "mIoU": final["mIoU"], "per_class_iou": [float(x) for x in final["IoU"]],
-            "steps": steps, "lr": lr, "wall_time_s": time.perf_counter() - started}
+    out = {"curve": curve, "mIoU": final["mIoU"], "per_class_iou": [float(x) for x in final["IoU"]],
+           "steps": steps, "lr": lr, "wall_time_s": time.perf_counter() - started}
+    return {**out, "model": model} if return_model else out
 
 
 def _digest(path) -> str | None:
