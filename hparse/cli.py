@@ -690,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "dot_after_conv4_sum", "none"),
                        help="attention_rcnn's fusion variant, BMVC 2019 Table 5 (none: w/o attention; default: "
                        "concat_after_conv4)")
-    train.add_argument("--dataset", default="synth", choices=("synth", "cihp", "mhp", "ppp"),
+    train.add_argument("--dataset", default="synth", choices=("synth", "cihp", "mhp", "ppp", "densepose"),
                        help="synth (SynthCrowd at the profile's size) or a real dataset read from --root")
     train.add_argument("--root", type=Path, default=None, help="real dataset root (see data_scripts/README.md)")
     train.add_argument("--iterations", type=_positive_int, default=None, help="optimiser steps (default: the "

@@ -186,3 +186,20 @@ def test_synthcrowd_export_round_trip(tmp_path):
         validate_sample(loaded, DENSEPOSE_LABELS)
         for key in ("semantic", "instances", "boxes", "keypoints"):
             assert torch.equal(original[key], loaded[key]), key
+
+
+def test_train_mg_parser_on_densepose_from_the_command_line(tmp_path):
+    """``hparse train --model mg_parser --dataset densepose --root R`` trains on DensePose-COCO's layout (here
+    SynthCrowd written in it): the bottom-up parser's COCO-17 keypoints come from the dataset."""
+    from hparse.cli import main
+    from hparse.data import SynthCrowd
+    from hparse.data.densepose_coco import synth_to_densepose
+
+    for split, seed in (("train", 1), ("val", 2)):
+        synth = SynthCrowd(split="val", num_images=2, image_size=96, min_people=1, max_people=2, seed=seed)
+        write_densepose_coco([synth_to_densepose(synth, i) for i in range(len(synth))], tmp_path / "dp", split)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mg_parser", "--dataset", "densepose", "--root", str(tmp_path / "dp"),
+                 "--profile", "smoke", "--iterations", "1", "--out", str(out)]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["config"]["dataset"] == "densepose" and record["config"]["model"]["keypoints"] == "coco17"
