@@ -137,15 +137,27 @@ PAPER_TABLE4 = [("single (baseline)", dict(dspf="single", warp=False), 35.5, 40.
                 ("+ coarse-to-fine (Eq. 2)", dict(dspf="incremental", warp=False), 36.9, 42.4, 40.3),
                 ("+ residual refinement (Eq. 3)", dict(dspf="residual", warp=False), 38.1, 43.4, 41.5),
                 ("+ learnable warping (Eqs. 4–6)", dict(dspf="residual", warp=True), 38.9, 44.3, 42.2)]
-rows = ["| variant | flags | paper AP^p_50 | paper AP^p_vol | paper PCP_50 | ours AP^p_50 |", "|---|---|---|---|---|---|"]
+from hparse.experiments.dspf_ablation import record_name
+from hparse.experiments.runner import exceeds_spread
+
+rows = ["| variant | flags | paper AP^p_50 | paper AP^p_vol | paper PCP_50 | ours AP^p_50 | ours AP^p_vol | "
+        "beyond the seeds' spread? |", "|---|---|---|---|---|---|---|---|"]
+previous = None
 for name, flags, ap50, apvol, pcp in PAPER_TABLE4:
-    record = find_results(f"mg_parser/dspf_{flags['dspf']}_{'warp' if flags['warp'] else 'bilinear'}")
-    ours = f"{100 * record['metrics']['APp50']:.1f}" if record else "not run yet"
+    record = find_results(record_name(flags["dspf"], flags["warp"]))
+    m = record["metrics"] if record and "mean" in record["metrics"] else None
+    ours = [f"{100 * m['mean'][k]:.1f} ± {100 * m['std'][k]:.1f}" for k in ("APp50", "APpvol")] if m else \
+        ["not run yet"] * 2
+    verdict = ""
+    if m and previous:
+        verdict = "yes" if exceeds_spread(m, previous, "APpvol") else "no (within the spread)"
+    previous = m
     rows.append(f"| {name} | `{', '.join(f'{k}={v!r}' for k, v in flags.items())}` | {ap50} | {apvol} | {pcp} | "
-                f"{ours} |")
-display(Markdown("\n".join(rows) + "\n\nPaper: Table 4, MHP v2 val, ResNet-101, percent. Ours: SynthCrowd val; "
-                 "a row is filled by `hparse train --model mg_parser` with the row's flags recorded as "
-                 "`mg_parser/dspf_<dspf>_<warp|bilinear>`."))
+                f"{' | '.join(ours)} | {verdict} |")
+display(Markdown("\n".join(rows) + "\n\nPaper: Table 4, MHP v2 val, ResNet-101, percent. Ours: SynthCrowd val, mean ± "
+                 "spread over seeds, percent; the last column compares AP^p_vol with the row above. Reproduce: "
+                 "`python -m hparse.experiments.dspf_ablation --profile cpu` (one record per row, "
+                 "`results/cpu/mg_parser/dspf_<dspf>_<warp|bilinear>.json`)."))
 
 # %% [markdown]
 # ## Keypoints: disks, offsets and Hough voting

@@ -308,3 +308,22 @@ def test_cli_trains_and_evaluates_mg_parser(tmp_path, tmp_results, capsys):
     assert main(["train", "--model", "mg_parser", "--profile", "smoke", "--gce", "off", "--out",
                  str(tmp_path / "x")]) == 2  # a user error: top-down flags do not apply
     assert "do not apply to mg_parser" in capsys.readouterr().err
+
+
+def test_dspf_ablation_rows_records_and_refusal(tmp_path):
+    """Table 4's rows train through the runner, one record name per row (what chapter 08 reads); the last row is
+    the recipe's own model; an unknown row is refused by name."""
+    from hparse.engine import get_profile
+    from hparse.experiments.dspf_ablation import ROWS, dspf_ablation, record_name
+    from hparse.recipes import recipe
+
+    assert [record_name(**flags) for _, flags in ROWS] == [
+        "mg_parser/dspf_single_bilinear", "mg_parser/dspf_incremental_bilinear", "mg_parser/dspf_residual_bilinear",
+        "mg_parser/dspf_residual_warp"]
+    full = recipe("mg_parser", get_profile("cpu"))["model"]
+    assert (full["dspf"], full["warp"]) == (ROWS[-1][1]["dspf"], ROWS[-1][1]["warp"])
+    out = dspf_ablation(get_profile("smoke"), "cpu", seeds=(0,), iterations=1, rows=["single_bilinear"],
+                        out_root=tmp_path, write=False)
+    assert list(out) == ["single_bilinear"] and out["single_bilinear"]["seeds"] == [0]
+    with pytest.raises(ValueError, match="nonsense"):
+        dspf_ablation(get_profile("smoke"), "cpu", rows=["nonsense"], out_root=tmp_path, write=False)
