@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..engine.profiles import Profile, get_profile
-from .runner import SEEDS, add_run_arguments, run_variants
+from .runner import SEEDS, add_run_arguments, run_variants, select_variants
 
 __all__ = ["ROWS", "dspf_ablation", "RECORD_PREFIX", "record_name"]
 
@@ -52,12 +52,7 @@ def dspf_ablation(profile: Profile, device: torch.device | str | None = None, *,
     Returns:
         ``{row: metrics}`` as :func:`~hparse.experiments.runner.run_variants` writes them.
     """
-    known = [name for name, _ in ROWS]
-    rows = list(rows or known)
-    unknown = [r for r in rows if r not in known]
-    if unknown:
-        raise ValueError(f"unknown DSPF rows {unknown}; choose from {known}")
-    variants = [(name, flags) for name, flags in ROWS if name in rows]
+    variants = select_variants(ROWS, rows, "DSPF rows")
     report = (lambda name, seed, m: print(f"{name} seed {seed}: mIoU {m.get('mIoU', 0):.4f} APp50 "
                                           f"{m.get('APp50', 0):.4f} APpvol {m.get('APpvol', 0):.4f}", flush=True)
               ) if verbose else None
@@ -69,7 +64,9 @@ def dspf_ablation(profile: Profile, device: torch.device | str | None = None, *,
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, "runs/dspf_ablation")
-    parser.add_argument("--rows", nargs="*", default=None, help=f"subset of {[n for n, _ in ROWS]}")
+    names = [n for n, _ in ROWS]
+    parser.add_argument("--rows", nargs="*", default=None, choices=names, metavar="NAME",
+                        help=f"subset of {names}")
     args = parser.parse_args(argv)
     for row, record in dspf_ablation(get_profile(args.profile), args.device, seeds=args.seeds,
                                      iterations=args.iterations, rows=args.rows, out_root=args.out_root,

@@ -37,7 +37,7 @@ import torch
 
 from ..engine.profiles import Profile, get_device, get_profile
 from ..engine.results import load_result, write_result
-from .runner import add_run_arguments, run_folder, run_variants, synth_splits, train_seed
+from .runner import add_run_arguments, run_folder, run_variants, select_variants, synth_splits, train_seed
 
 __all__ = ["ROWS", "PAPER_TABLE1", "RECORD_PREFIX", "TABLE_KEYS", "table1", "table", "crowding_sweep"]
 
@@ -72,11 +72,7 @@ CROWDING = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _rows(names: Sequence[str] | None) -> list[tuple[str, dict]]:
-    known = [name for name, _ in ROWS]
-    unknown = [n for n in (names or ()) if n not in known]
-    if unknown:
-        raise ValueError(f"unknown Table 1 rows {unknown}; choose from {known}")
-    return [(name, flags) for name, flags in ROWS if names is None or name in names]
+    return select_variants(ROWS, names, "Table 1 rows")
 
 
 def table1(profile: Profile, device: torch.device | str | None = None, *, seeds: Sequence[int] = TABLE_SEEDS,
@@ -161,7 +157,9 @@ def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, "runs/holistic_table1")
     parser.set_defaults(seeds=list(TABLE_SEEDS))
-    parser.add_argument("--rows", nargs="*", default=None, help=f"subset of {[n for n, _ in ROWS]}")
+    names = [n for n, _ in ROWS]
+    parser.add_argument("--rows", nargs="*", default=None, choices=names, metavar="NAME",
+                        help=f"subset of {names}")
     parser.add_argument("--crowding", action="store_true", help="also evaluate AP^r against crowding")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)

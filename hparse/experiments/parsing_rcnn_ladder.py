@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..engine.profiles import Profile, get_profile
-from .runner import SEEDS, add_run_arguments, run_variants
+from .runner import SEEDS, add_run_arguments, run_variants, select_variants
 
 __all__ = ["LADDER", "ladder", "RECORD_PREFIX"]
 
@@ -48,12 +48,7 @@ def ladder(profile: Profile, device: torch.device | str | None = None, *, seeds:
     Returns:
         ``{rung: metrics}`` as :func:`~hparse.experiments.runner.run_variants` writes them.
     """
-    known = [name for name, _ in LADDER]
-    rungs = list(rungs or known)
-    unknown = [r for r in rungs if r not in known]
-    if unknown:
-        raise ValueError(f"unknown ladder rungs {unknown}; choose from {known}")
-    variants = [(name, flags) for name, flags in LADDER if name in rungs]
+    variants = select_variants(LADDER, rungs, "ladder rungs")
     report = (lambda name, seed, m: print(f"{name} seed {seed}: mIoU {m.get('mIoU', 0):.4f} APp50 "
                                           f"{m.get('APp50', 0):.4f}", flush=True)) if verbose else None
     return run_variants("parsing_rcnn", variants, seeds, profile, record_prefix=RECORD_PREFIX, out_root=out_root,
@@ -64,7 +59,9 @@ def ladder(profile: Profile, device: torch.device | str | None = None, *, seeds:
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, "runs/ladder")
-    parser.add_argument("--rungs", nargs="*", default=None, help=f"subset of {[n for n, _ in LADDER]}")
+    names = [n for n, _ in LADDER]
+    parser.add_argument("--rungs", nargs="*", default=None, choices=names, metavar="NAME",
+                        help=f"subset of {names}")
     args = parser.parse_args(argv)
     for rung, record in ladder(get_profile(args.profile), args.device, seeds=args.seeds, iterations=args.iterations,
                                rungs=args.rungs, out_root=args.out_root, force=args.force, verbose=True).items():

@@ -67,6 +67,17 @@ def synth_splits(data: dict, crowding: float = 0.5, val_crowding: float | None =
                        crowding=crowding if val_crowding is None else val_crowding, **common))
 
 
+def select_variants(table: Sequence[tuple[str, dict]], names: Sequence[str] | None,
+                    what: str) -> list[tuple[str, dict]]:
+    """The ``(name, flags)`` rows of ``table`` named in ``names`` (all when none are), in the table's order; an
+    unknown name is refused with the known ones (``what`` names the table in the message)."""
+    known = [name for name, _ in table]
+    unknown = [n for n in (names or ()) if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {known}")
+    return [(name, flags) for name, flags in table if not names or name in names]
+
+
 def add_run_arguments(parser, out_root: str) -> None:
     """The command-line flags every variants x seeds experiment takes (profile, device, iterations, seeds, run
     folders, ``--force``), so each experiment's ``_main`` adds only its own."""
