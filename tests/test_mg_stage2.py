@@ -323,6 +323,40 @@ def test_stage2_ablation_smoke(tmp_path, tmp_results):
     with pytest.raises(FileNotFoundError, match="baseline"):
         stage2_ablation(get_profile("smoke"), "cpu", seeds=(5,), iterations=2, out_root=tmp_path / "empty",
                         names=["finetuned"], val_images=2, write=False)
+    # the solvers on the trained models' own limb scores, from the same run folders
+    from hparse.experiments.limb_solvers import ARTEFACT, RECORD, SOLVERS, limb_solvers, load_problem
+
+    metrics = limb_solvers(get_profile("smoke"), "cpu", seeds=(0, 1), out_root=tmp_path, val_images=2)
+    assert set(metrics["summary"]) == {"baseline", "finetuned"}
+    assert set(metrics["per_seed"]["finetuned"]) == {0, 1}
+    record = load_result(RECORD, "smoke", root=tmp_results)
+    assert set(record["metrics"]["summary"]["baseline"]) == {*SOLVERS, "margin"}
+    if (tmp_results / "smoke" / ARTEFACT).exists():  # a 2-step model may detect no keypoint at all
+        problem = load_problem(tmp_results / "smoke" / ARTEFACT)
+        assert problem["scores"].shape == problem["target"].shape == problem["mask"].shape
+        assert problem["image"].dtype == torch.uint8
+    with pytest.raises(FileNotFoundError, match="mg_stage2"):
+        limb_solvers(get_profile("smoke"), "cpu", seeds=(5,), out_root=tmp_path, val_images=2, write=False)
+
+
+def test_solver_scores_by_hand():
+    from hparse.experiments.limb_solvers import solver_scores
+
+    # one limb type, two candidates per side: the true pairs (0, 0) and (1, 1); the wrong (1, 0) outscores (1, 1),
+    # but its column is taken by (0, 0), which every solver makes first
+    A = torch.tensor([[[0.9, 0.0], [0.8, 0.6]]])
+    target = torch.tensor([[[True, False], [False, True]]])
+    problem = {"A": A, "mask": A > 0.5, "target": target, "labelled": torch.ones_like(target)}
+    scores = solver_scores([problem])
+    for name in ("greedy", "hungarian", "dykstra"):
+        assert scores[name]["pairs_correct"] == 2 and scores[name]["pairs_made"] == 2
+        assert scores[name]["precision"] == scores[name]["recall"] == scores[name]["perfect"] == 1.0
+    # a wrong pair above the threshold, alone in its row and column, is made and counted against precision
+    A2 = torch.tensor([[[0.9, 0.0], [0.0, 0.7]]])
+    wrong = {"A": A2, "mask": A2 > 0.5, "target": torch.tensor([[[True, False], [False, False]]]),
+             "labelled": torch.ones(1, 2, 2, dtype=torch.bool)}
+    s2 = solver_scores([wrong])["hungarian"]
+    assert (s2["precision"], s2["recall"], s2["perfect"]) == (0.5, 1.0, 0.0)
 
 
 def test_loss_cost_benchmark_smoke(tmp_path, monkeypatch):
