@@ -563,6 +563,46 @@ display(Markdown(source + "\n\n" + "\n".join(lines) + "\n\n`python -m hparse.exp
                  "--profile cpu --seeds 0 1 --crowding`"))
 
 # %% [markdown]
+# ### What each row's trained model outputs
+#
+# Each run of the table keeps its predictions on the first val images (seed 0). Below, one image per row of panels:
+# the ground truth, then each Table 1 model's instance-level parsing (each person outlined in its own colour, parts
+# in their colours). The image shown is the one where the box-term-only model and the model with the global term
+# differ most in how many pixels they give to people: without the global term a person cannot reach past its
+# detection's box, with it the pairwise messages decide how far it extends. The counts under the figure compare
+# the person pixels of each model with the ground truth's on all kept images.
+
+# %% tags=["hide-input"]
+from hparse.experiments.runner import load_predictions, saved_artefacts
+from hparse.viz.topdown import saved_prediction_grid
+
+kept_paths = {}
+for name, _ in ROWS:
+    found = saved_artefacts("holistic_crf", name)
+    if found and found["predictions"] is not None:
+        kept_paths[ROW_NAMES[name]] = found["predictions"]
+if not kept_paths:
+    display(Markdown("*No Table 1 run has saved predictions yet (the command above makes them).*"))
+else:
+    loaded = {title: load_predictions(path) for title, path in kept_paths.items()}
+    person_pixels = {title: [int((p["person_parts"] > 0).any(0).sum()) for p in saved["predictions"]]
+                     for title, saved in loaded.items()}
+    first = next(iter(loaded.values()))
+    truth = [int((t["instances"] > 0).sum()) for t in first["targets"]]
+    a, b = ROW_NAMES["box_only"], ROW_NAMES["piecewise"]
+    if a in person_pixels and b in person_pixels:
+        show = max(range(len(truth)), key=lambda i: abs(person_pixels[b][i] - person_pixels[a][i]))
+    else:
+        show = 0
+    fig = saved_prediction_grid(kept_paths, CIHP_LABELS, index=show, cols=4)
+    lines = ["| model | person pixels on the kept val images | share of the ground truth's |", "|---|---|---|",
+             f"| ground truth | {sum(truth)} | 100% |"]
+    lines += [f"| {title} | {sum(px)} | {100 * sum(px) / max(sum(truth), 1):.0f}% |"
+              for title, px in person_pixels.items()]
+    display(Markdown(f"Val image {first['image_ids'][show]} shown; seed {first['seed']}, profile "
+                     f"{first['profile']}, {first['iterations']} steps.\n\n" + "\n".join(lines)))
+
+# %% [markdown]
 # AP^r against crowding, for the end-to-end OHEM model (trained at SynthCrowd's default crowding 0.5), from the same
 # command's `--crowding` record:
 
