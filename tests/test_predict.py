@@ -313,3 +313,26 @@ def test_train_model_choices_come_from_the_recipes(monkeypatch, capsys):
     assert code == 2 and "the recipe of a method added later was asked for" in err
     code, _, err = run_cli(["train", *SMOKE, "--model", "no_such_method"], capsys)
     assert code == 2 and "invalid choice" in err and "later_method" in err
+
+
+def test_error_breakdown_of_a_run(run, tmp_results):
+    """Own detections against ground-truth boxes, and every part's pixels split into itself / background / mirror /
+    other (shares of one whole); the record refuses to be replaced by another run's without force."""
+    from hparse.engine import load_result
+    from hparse.engine.results import ResultConflictError
+    from hparse.experiments.error_breakdown import KEYS, error_breakdown
+
+    metrics = error_breakdown(run / "checkpoint.pt", val_images=2, device="cpu", profile="smoke")
+    assert set(metrics["detections"]) == {"own", "gt_boxes"}
+    assert all(set(KEYS) <= set(values) for values in metrics["detections"].values())
+    for kind in KEYS:
+        assert metrics["detector_cost"][kind] == pytest.approx(
+            metrics["detections"]["gt_boxes"][kind] - metrics["detections"]["own"][kind])
+    assert metrics["confusion"]
+    for shares in metrics["confusion"].values():
+        assert shares["pixels"] > 0
+        assert sum(shares[k] for k in ("itself", "background", "mirror", "other")) == pytest.approx(1.0)
+    record = load_result("parsing_rcnn/error_breakdown", "smoke", root=tmp_results)
+    assert record["config"]["val_images"] == 2
+    with pytest.raises(ResultConflictError):
+        error_breakdown(run / "checkpoint.pt", val_images=3, device="cpu", profile="smoke")

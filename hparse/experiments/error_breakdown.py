@@ -1,0 +1,144 @@
+"""Where a trained top-down parser's errors come from: its detections, or its parsing branch and which parts.
+
+Two measurements on the SynthCrowd validation images a run was evaluated on, from its checkpoint alone:
+
+- **Detections or parsing.** The model is scored twice with the evaluator: with its own detections (what ``hparse
+  evaluate`` reports), and with the ground-truth person boxes as its detections (score 1, the parsing branch run on
+  them exactly as on its own boxes). The gap is what the detector costs; what is left below 1 is the parsing
+  branch's (and its features').
+- **Which parts, confused with what.** The pixel confusion of the semantic map (own detections): for every part, the
+  share of its ground-truth pixels predicted as itself, as background, as its mirror part (``Left-arm`` for
+  ``Right-arm``: the flip pairs of the label set) and as any other part. Thin parts lost to background and
+  left/right swaps call for different remedies (resolution and features for the first, the person's orientation for
+  the second).
+
+One record per run, ``results/<profile>/<method>/error_breakdown.json`` (``--record`` renames it)::
+
+    python -m hparse.experiments.error_breakdown --checkpoint runs/demo_cpu/checkpoint.pt --profile cpu
+
+Nothing is trained; about a minute on a CPU for 50 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..data import SynthCrowd
+from ..engine.checkpoint import load_model
+from ..engine.profiles import get_device, get_profile
+from ..engine.results import ResultConflictError, write_result
+from ..metrics import ParsingEvaluator
+
+__all__ = ["error_breakdown", "KEYS"]
+
+#: The evaluator's numbers kept for both kinds of detections.
+KEYS = ("mIoU", "APp50", "APpvol", "PCP50")
+
+
+@torch.no_grad()
+def _parse(model, image: torch.Tensor, boxes: torch.Tensor | None) -> dict:
+    """One image's prediction with the model's own detections (``boxes=None``) or with ``boxes`` (score 1)."""
+    if boxes is None:
+        return model([image])[0]
+    images, _ = model.transform([image], None)
+    features = model.backbone(images.tensors)
+    sizes = [(int(h), int(w)) for h, w in images.image_sizes]
+    scale = torch.tensor([sizes[0][1] / image.shape[-1], sizes[0][0] / image.shape[-2]] * 2, device=image.device)
+    detections = [{"boxes": boxes.float() * scale, "scores": torch.ones(len(boxes), device=image.device),
+                   "labels": torch.ones(len(boxes), dtype=torch.long, device=image.device)}]
+    return model.branch_predict(features, detections, sizes, [tuple(image.shape[-2:])])[0]
+
+
+def _confusion_shares(confusion: torch.Tensor, names, flip_pairs) -> dict[str, dict]:
+    mirror = {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
+    out = {}
+    for c, name in enumerate(names):
+        if c == 0:
+            continue
+        total = int(confusion[c].sum())
+        if total == 0:
+            continue
+        row = confusion[c].double() / total
+        shares = {"itself": float(row[c]), "background": float(row[0]),
+                  "mirror": float(row[mirror[c]]) if c in mirror else 0.0}
+        shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+        out[name] = {"pixels": total, **shares}
+    return out
+
+
+def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, device=None,
+                    record: str | None = None, profile: str | None = None, write: bool = True,
+                    force: bool = False) -> dict:
+    """The two measurements of the module docstring for the run whose checkpoint is ``checkpoint``.
+
+    The validation images are the run's own (SynthCrowd val at the run's image size and people per image, seed 0),
+    the first ``val_images`` of them (default: as many as the run was evaluated on). A record of another run is
+    replaced only with ``force`` (the results policy).
+    """
+    device = get_device(device)
+    model, saved = load_model(checkpoint, device=device)
+    config = saved.get("config") or {}
+    name = (saved.get("model_config") or {}).get("name", "parsing_rcnn")
+    if config.get("dataset", "synth") != "synth":
+        raise ValueError(f"{checkpoint}: error_breakdown reads SynthCrowd runs; this run trained on "
+                         f"{config.get('dataset')!r}")
+    count = val_images or int(config.get("val_images") or 50)
+    val = SynthCrowd("val", num_images=count, image_size=int(config.get("image_size", 192)), min_people=1,
+                     max_people=int(config.get("max_people", 5)), seed=0)
+    labels = val.labels
+    evaluators = {"own": ParsingEvaluator(labels.num_classes), "gt_boxes": ParsingEvaluator(labels.num_classes)}
+    confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.long)
+    for index in range(len(val)):
+        sample = val[index]
+        image = sample["image"].to(device)
+        own = _parse(model, image, None)
+        evaluators["own"].update(own, sample)
+        evaluators["gt_boxes"].update(_parse(model, image, sample["boxes"].to(device)), sample)
+        target, pred = sample["semantic"], own["semantic"].cpu()
+        keep = target != 255
+        confusion += torch.bincount(target[keep] * labels.num_classes + pred[keep],
+                                    minlength=labels.num_classes ** 2).view(labels.num_classes, -1)
+    scores = {kind: ev.compute() for kind, ev in evaluators.items()}
+    metrics = {
+        "detections": {kind: {key: s[key] for key in KEYS} for kind, s in scores.items()},
+        "detector_cost": {key: scores["gt_boxes"][key] - scores["own"][key] for key in KEYS},
+        "per_class_iou": {kind: dict(zip(labels.names, s["IoU"])) for kind, s in scores.items()},
+        "confusion": _confusion_shares(confusion, labels.names, labels.flip_pairs),
+        "num_images": len(val),
+    }
+    if write:
+        profile = profile or get_profile().name
+        run_config = {"checkpoint": str(checkpoint), "run": config, "val_images": len(val), "step": saved.get("step")}
+        write_result(record or f"{name}/error_breakdown", metrics, profile=profile, config=run_config, device=device,
+                     force=force)
+    return metrics
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a top-down run's checkpoint.pt (or its run folder)")
+    parser.add_argument("--val-images", type=int, default=None)
+    parser.add_argument("--record", default=None, help="results name (default <method>/error_breakdown)")
+    parser.add_argument("--profile", choices=("smoke", "cpu", "gpu"), default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--force", action="store_true", help="replace a record made from another run")
+    args = parser.parse_args(argv)
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise SystemExit(f"error: no checkpoint at {path}; pass a run's checkpoint.pt or its folder")
+    try:
+        metrics = error_breakdown(path, val_images=args.val_images, device=args.device, record=args.record,
+                                  profile=args.profile, force=args.force)
+    except (ValueError, ResultConflictError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for kind, values in metrics["detections"].items():
+        print(kind, {k: round(v, 4) for k, v in values.items()})
+
+
+if __name__ == "__main__":
+    _main()
