@@ -118,3 +118,13 @@ def test_densecrf_comparison_degrades_without_pydensecrf(monkeypatch):
     assert "densecrf_s" not in row["threads"]["1"] and row["threads"]["1"]["lattice_s"] > 0
     assert "argmax_agree_densecrf" not in row
     assert out["error_vs_exact"]["lattice"]["argmax_disagree"] < 0.05
+
+
+@pytest.mark.parametrize("spread", [1.0, 3.0, 8.0])
+def test_self_weight_is_the_filters_diagonal(spread):
+    """The subtracted own term is the diagonal of the filter as built, missing lattice points included."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(40, 5, generator=g, dtype=torch.float64) * spread
+    lattice = PermutohedralLattice(f, torch.float64)
+    diagonal = torch.diagonal(lattice.filter(torch.eye(40, dtype=torch.float64)))
+    torch.testing.assert_close(lattice.self_weight, diagonal, atol=1e-12, rtol=0)
