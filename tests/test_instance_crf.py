@@ -57,7 +57,7 @@ def scene():
 # --------------------------------------------------------------------------------------------- shapes and sums
 
 
-@pytest.mark.parametrize("method", ["exact", "fast"])
+@pytest.mark.parametrize("method", ["exact", "fast", "lattice"])
 @pytest.mark.parametrize("num_det", [0, 1, 5])
 def test_shapes_and_probabilities(scene, method, num_det):
     P = scene["num_parts"]
@@ -88,7 +88,7 @@ def test_batched_form_equals_per_image(scene):
         torch.testing.assert_close(outs[b], single)
 
 
-@pytest.mark.parametrize("method", ["exact", "fast"])
+@pytest.mark.parametrize("method", ["exact", "fast", "lattice"])
 def test_permuting_detections_permutes_channels(scene, method):
     P = scene["num_parts"]
     boxes = torch.cat([scene["boxes"], torch.tensor([[0.0, 0.0, 8.0, 6.0]])])
@@ -156,8 +156,8 @@ def test_options_are_one_dataclass(scene):
     assert InstanceCRF(options=opts, iters=3).options == CRFOptions(iters=3, normalize=False, method="exact")
     with pytest.raises(TypeError, match="unknown option"):
         instance_crf(scene["Q"], scene["boxes"], scene["scores"], scene["image"], itres=2)
-    with pytest.raises(ValueError, match="method"):
-        CRFOptions(method="lattice")
+    with pytest.raises(ValueError, match="method must be one of 'exact', 'fast', 'lattice'"):
+        CRFOptions(method="bilateral")
 
 
 def test_public_names_stay_importable():
@@ -251,7 +251,8 @@ def test_fast_float32_close_to_exact_float64():
 
 
 @pytest.mark.parametrize("method,stride,normalize", [("exact", None, False), ("exact", None, True),
-                                                     ("fast", 1, False), ("fast", 2, True)])
+                                                     ("fast", 1, False), ("fast", 2, True),
+                                                     ("lattice", None, False), ("lattice", None, True)])
 def test_gradcheck(method, stride, normalize):
     s = make_scene(height=5, width=6, num_parts=2, dtype=torch.float64, seed=1)
     boxes = torch.tensor([[0.0, 0.0, 4.0, 5.0], [2.0, 1.0, 6.0, 5.0]], dtype=torch.float64)

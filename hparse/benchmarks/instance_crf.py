@@ -11,12 +11,27 @@ smooth noise) and jittered ground-truth boxes, so no trained network is needed. 
 - ``large``: ``method="fast"`` at 512×512 (smoke: 96×96) with D = 1, 4, 16 (smoke: 1, 4) and P = 20, 5
   iterations, without gradients. On a CPU every size runs once (a 512×512, D = 16 run takes minutes there); on a
   GPU the median of the profile's repeats after one warm-up run.
+- ``vs_densecrf``: ``method="lattice"`` and ``method="fast"`` against Krähenbühl's permutohedral-lattice dense CRF
+  (``pydensecrf``, the benchmark-only ``bench`` extra) on the same problem: a SynthCrowd image at 256×256 and
+  512×512 (smoke: 48×48), D = 4 boxes, P = 20 parts (81 labels), 5 iterations, the same unary (``-log`` of the
+  Instance CRF's unary probabilities, i.e. ``instance_crf(iters=0)``) and the same kernels (θα = 49, θβ = 5,
+  θγ = 3; ``addPairwiseGaussian(sxy=3, compat=3)``, ``addPairwiseBilateral(sxy=49, srgb=5, compat=4)``).
+  Wall time of each, once per size, with 1 and with 2 torch threads (``pydensecrf`` is single-threaded; it is
+  timed again in each setting, so every ratio compares runs made side by side), and the speed-up
+  ``densecrf_s / hparse_s``. Numerically, the hparse paths are compared with ``method="exact"`` at 64×64 (32×32
+  in smoke; exact stores N×N kernels, so not at full size) — max / mean |ΔQ| and the share of pixels whose
+  arg-max label differs — and with each other at full size (lattice against fast). ``pydensecrf``'s output is
+  *not* the same function: it normalises its kernels symmetrically (``1/sqrt(n_k n_m)``) and keeps the pixel's
+  own term, where the Instance CRF averages over m ≠ k, so only its arg-max agreement with the lattice path is
+  recorded, as a sanity check. Without ``pydensecrf`` the record says ``"densecrf": "not installed"``. The 1-minute
+  load average before and after is recorded: the CPU may be shared, so only ratios measured in one run count.
 
 :func:`simulated_inputs` is also what the Instance CRF chapter uses to build its inputs.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from functools import partial
@@ -27,15 +42,20 @@ import torch.nn.functional as F
 from ..data import SynthCrowd
 from ..engine.profiles import Profile
 from ..engine.results import write_result
-from ..ops.instance_crf import crf_channel, instance_crf
+from ..ops.instance_crf import THETA_ALPHA, THETA_BETA, THETA_GAMMA, crf_channel, instance_crf
 
 __all__ = ["simulated_inputs", "run", "SETTINGS"]
 
 SETTINGS: dict[str, dict] = {
-    "smoke": {"small": 32, "large": 96, "detections": (1, 4), "people": 2},
-    "cpu": {"small": 64, "large": 512, "detections": (1, 4, 16), "people": 4},
-    "gpu": {"small": 64, "large": 512, "detections": (1, 4, 16), "people": 4},
+    "smoke": {"small": 32, "large": 96, "detections": (1, 4), "people": 2, "versus": (48,), "threads": (1,)},
+    "cpu": {"small": 64, "large": 512, "detections": (1, 4, 16), "people": 4, "versus": (256, 512),
+            "threads": (1, 2)},
+    "gpu": {"small": 64, "large": 512, "detections": (1, 4, 16), "people": 4, "versus": (256, 512),
+            "threads": (1, 2)},
 }
+# The vs_densecrf problem: D boxes, P parts, kernels as the Instance CRF defaults (options.py).
+VERSUS_DETECTIONS = 4
+VERSUS_PARTS = 20
 ITERS = 5
 STRIDES = (1, 2, 4, 8)
 
@@ -200,6 +220,99 @@ def _large(settings: dict, device: torch.device, repeats: int) -> dict:
     return out
 
 
+def _densecrf():
+    """``(pydensecrf.densecrf, "distribution version")``, or ``(None, None)`` when it is not installed."""
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        return None, None
+    from importlib import metadata
+
+    for dist in ("pydensecrf2", "pydensecrf"):
+        try:
+            return dcrf, f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return dcrf, "pydensecrf (unknown distribution)"
+
+
+def _versus_inputs(side: int) -> tuple:
+    """(Q, boxes, scores, image) of a SynthCrowd val image with D = 4 boxes and P = 20 parts."""
+    ds = SynthCrowd(split="val", num_images=1, image_size=side, min_people=VERSUS_DETECTIONS, max_people=8, seed=0)
+    sample = ds[0]
+    inputs = simulated_inputs(sample, VERSUS_PARTS + 1, seed=0)
+    boxes, scores = inputs["boxes"], inputs["scores"]
+    index = torch.arange(VERSUS_DETECTIONS) % boxes.shape[0]
+    return inputs["Q"], boxes[index], scores[index], sample["image"]
+
+
+def _densecrf_run(dcrf, unary, image_u8, side: int, labels: int):
+    crf = dcrf.DenseCRF2D(side, side, labels)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=THETA_GAMMA, compat=3)
+    crf.addPairwiseBilateral(sxy=THETA_ALPHA, srgb=THETA_BETA, rgbim=image_u8, compat=4)
+    return crf.inference(ITERS)
+
+
+def _errors(approx: torch.Tensor, ref: torch.Tensor) -> dict:
+    diff = (approx - ref).abs()
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "argmax_disagree": float((approx.argmax(0) != ref.argmax(0)).float().mean())}
+
+
+def _vs_densecrf(settings: dict) -> dict:
+    """Lattice and fast paths against pydensecrf on the CPU (see the module docstring)."""
+    import numpy as np
+
+    dcrf, package = _densecrf()
+    out: dict = {"densecrf": package or "not installed", "iters": ITERS, "num_detections": VERSUS_DETECTIONS,
+                 "num_parts": VERSUS_PARTS, "labels": 1 + VERSUS_DETECTIONS * VERSUS_PARTS}
+    threads_before = torch.get_num_threads()
+    load_before = os.getloadavg()[0]
+    # Error against the exact path where it fits.
+    side = settings["small"]
+    args = _versus_inputs(side)
+    with torch.no_grad():
+        exact = instance_crf(*args, iters=ITERS, method="exact")
+        out["error_vs_exact"] = {"size": side, **{
+            method: _errors(instance_crf(*args, iters=ITERS, method=method), exact) for method in ("lattice", "fast")}}
+    out["sizes"] = {}
+    for side in settings["versus"]:
+        args = _versus_inputs(side)
+        labels = 1 + VERSUS_DETECTIONS * VERSUS_PARTS
+        with torch.no_grad():
+            unary = -torch.log(instance_crf(*args, iters=0).clamp_min(1e-30))  # (L, H, W), up to a per-pixel constant
+        unary_np = np.ascontiguousarray(unary.reshape(labels, -1).numpy().astype(np.float32))
+        image_u8 = np.ascontiguousarray((args[3].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+        row: dict = {"size": side, "threads": {}}
+        for threads in settings["threads"]:
+            torch.set_num_threads(threads)
+            timing: dict = {}
+            with torch.no_grad():
+                timing["lattice_s"], lattice = _timed(partial(instance_crf, *args, iters=ITERS, method="lattice"),
+                                                      torch.device("cpu"), 1, warmup=False)
+                timing["fast_s"], fast = _timed(partial(instance_crf, *args, iters=ITERS, method="fast"),
+                                                torch.device("cpu"), 1, warmup=False)
+            if dcrf is not None:
+                timing["densecrf_s"], dense = _timed(partial(_densecrf_run, dcrf, unary_np, image_u8, side, labels),
+                                                     torch.device("cpu"), 1, warmup=False)
+                timing["speedup_lattice_vs_densecrf"] = timing["densecrf_s"] / timing["lattice_s"]
+                timing["speedup_fast_vs_densecrf"] = timing["densecrf_s"] / timing["fast_s"]
+            timing["speedup_lattice_vs_fast"] = timing["fast_s"] / timing["lattice_s"]
+            row["threads"][str(threads)] = timing
+        row["lattice_vs_fast"] = _errors(lattice, fast)
+        if dcrf is not None:
+            dense_top = torch.from_numpy(np.asarray(dense)).reshape(labels, side, side).argmax(0)
+            row["argmax_agree_densecrf"] = {
+                "lattice": float((lattice.argmax(0) == dense_top).float().mean()),
+                "fast": float((fast.argmax(0) == dense_top).float().mean()),
+            }
+        out["sizes"][str(side)] = row
+    torch.set_num_threads(threads_before)
+    out["load_average"] = [load_before, os.getloadavg()[0]]
+    return out
+
+
 def run(profile: Profile, device: torch.device) -> dict:
     """Measure fast vs exact at the small size and fast at the large size; write ``bench/instance_crf``."""
     device = torch.device(device)
@@ -210,10 +323,13 @@ def run(profile: Profile, device: torch.device) -> dict:
         "small": _small(settings, device, repeats),
         # Full-size CPU runs take minutes each: time them once there.
         "large": _large(settings, device, repeats if device.type == "cuda" else 1),
+        # pydensecrf runs on the CPU, so this comparison does too, whatever the device.
+        "vs_densecrf": _vs_densecrf(settings),
     }
     wall = time.perf_counter() - start
     config = {"settings": settings, "iters": ITERS, "strides": list(STRIDES), "repeats": repeats,
               "torch_threads": torch.get_num_threads(), "device": str(device),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "inputs": "SynthCrowd val image 0; Q and boxes from simulated_inputs(seed=0)"}
     write_result("bench/instance_crf", metrics, profile=profile.name, config=config, wall_time_s=wall, device=device)
     return metrics

@@ -46,8 +46,9 @@ Choices where the paper is vague (written down once here):
   labels lose their global term but the background keeps ``w_global Q_k(0)`` — with ``ψBox(0, 0) = 0`` it would
   otherwise have no potential at all; the released box layer gives the background its own channel in the same way.
 
-How the pairwise messages are computed (``method="exact"`` or ``"fast"``), what the fast path costs and how far it
-is from the exact one is written down in :mod:`.kernels`.
+How the pairwise messages are computed (``method="exact"``, ``"fast"`` or ``"lattice"``), what the approximate
+paths cost and how far they are from the exact one is written down in :mod:`.kernels` (and the permutohedral
+lattice in :mod:`.lattice`).
 """
 
 from .kernels import message_kernels, pairwise_messages

@@ -1,4 +1,4 @@
-"""Dense Gaussian pairwise messages of the Instance CRF (Li, Arnab & Torr, BMVC 2017, §3.2.3), exact and fast.
+"""Dense Gaussian pairwise messages of the Instance CRF (Li, Arnab & Torr, BMVC 2017, §3.2.3): exact, fast, lattice.
 
 Kernels [Krähenbühl & Koltun]: appearance ``exp(-|p_k - p_m|²/2θα² - |I_k - I_m|²/2θβ²)`` and smoothness
 ``exp(-|p_k - p_m|²/2θγ²)`` with positions in pixels and colours in 0–255 units; with a Potts compatibility the
@@ -6,7 +6,7 @@ message of label l at pixel k is ``Σ_{m≠k} k(k, m) Q_m(l)``, divided by the p
 when normalised (the default, as the released layers; see :mod:`hparse.ops.instance_crf`). The released lattice
 filters also count the pixel itself in both sums; we keep the m ≠ k of the message in both.
 
-Two ways to compute the pairwise messages (``method``):
+Three ways to compute the pairwise messages (``method``):
 
 - ``"exact"``: two dense N×N kernels (N = H·W), built once per image and reused by every iteration; the reference,
   refused above ``EXACT_MAX_PIXELS`` pixels.
@@ -47,6 +47,24 @@ Two ways to compute the pairwise messages (``method``):
   kernel (θγ = 3) gets its full mass 2πθγ² - 1 ≈ 55.5 away from the border: the pairwise term degenerates into
   pure smoothing. The normalised form gives every pixel the released weights whatever its neighbourhood
   (``tests/test_instance_crf.py::test_normalised_kernels_do_not_depend_on_kernel_mass``).
+- ``"lattice"``: the appearance kernel by the permutohedral lattice of Adams, Baek & Davis (the filter of
+  ``pydensecrf``; :mod:`.lattice`, where the feature scale, the amplitude and the own-term removal are derived):
+  the pixels' features f = (x/θα, y/θα, RGB/θβ) are splatted onto the vertices of their enclosing simplices in a
+  5-d lattice, blurred along its 6 directions and sliced back, three sparse matrices built once per image and
+  applied to all labels at once per iteration (cost ~ (12 N + 18 M)·L, M lattice points: 25 497 for a 256×256
+  SynthCrowd image). The pixel's own lattice contribution (the filter's exact diagonal) is subtracted, so the sum
+  runs over m ≠ k; normalised messages divide by their sum over labels, as the fast path; a pixel whose lattice
+  mass is almost all its own (a colour nothing else shares; float32 would leave round-off) gets no appearance
+  message. The smoothness kernel is the same truncated separable Gaussian as the fast path, computed as block
+  Toeplitz matrix products over labels-last (H, W, L) data instead of depthwise convolutions; the mean-field loop
+  keeps Q labels-last for this path (``labels_last``), so no iteration transposes it. Its error is the lattice's:
+  the kernel is ~28% low at Δf = 0 and ~10% high in the tail against ``exp(-|Δf|²/2)``, so on SynthCrowd crops
+  the appearance messages are off by 3-14% (normalised, 64-24 px) and 16-21% (unnormalised) in relative L2 norm
+  (``tests/test_crf_lattice.py``), against < 1e-4 for the fast path at stride 1. After 5 iterations (64×64, D = 4,
+  P = 19, normalised) mean |ΔQ| is 9e-5 and 0.1% of the arg-max labels differ from exact (max |ΔQ| 0.5 on a few
+  pixels). Speed, CPU, 5 iterations, D = 4, P = 20 (81 labels), against ``pydensecrf`` on the same problem
+  (``hparse/benchmarks/instance_crf.py``, ``vs_densecrf``; ``results/cpu/bench/instance_crf.json``):
+  LATTICE_NUMBERS
 """
 
 from __future__ import annotations
@@ -57,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .lattice import PermutohedralLattice
 from .options import EXACT_MAX_PIXELS, CRFOptions
 
 __all__ = ["message_kernels", "pairwise_messages"]
@@ -276,6 +295,100 @@ class _FastMessages:
         return app.to(Q.dtype), smooth.to(Q.dtype)
 
 
+def _gaussian_blocks(taps: Tensor, block: int) -> Tensor:
+    """The 1-D Gaussian (``2r + 1`` taps, zero outside the image) as a (block, block + 2r) Toeplitz matrix: output
+    rows ``[i·block, (i+1)·block)`` from input rows ``[i·block - r, (i+1)·block + r)``."""
+    radius = (taps.numel() - 1) // 2
+    dev = taps.device
+    offset = torch.arange(block + 2 * radius, device=dev)[None, :] - torch.arange(block, device=dev)[:, None]
+    inside = (offset >= 0) & (offset <= 2 * radius)
+    return torch.where(inside, taps[offset.clamp(0, 2 * radius)], taps.new_zeros(()))
+
+
+class _SeparableGaussian:
+    """``Σ_m exp(-|p_k - p_m|²/2θ²) Q_m`` including m = k, zero outside the image, truncated at ``truncate·θ``, as
+    matrix products on a labels-last (H, W, L) tensor: along each axis the image is cut into blocks of ``block``
+    rows, and each output block is one (block, block + 2r) Toeplitz matrix times its input rows (a GEMM per block;
+    a depthwise convolution over many labels is several times slower on CPUs). Same taps and truncation as the
+    fast path's convolutions, so the two agree to float round-off."""
+
+    def __init__(self, theta: float, dtype: torch.dtype, device: torch.device, truncate: float = 4.0,
+                 block: int = 32):
+        radius = max(1, math.ceil(truncate * theta))
+        taps = torch.exp(torch.arange(-radius, radius + 1, device=device, dtype=dtype).square() / (-2 * theta**2))
+        self.radius, self.block = radius, block
+        self.toeplitz = _gaussian_blocks(taps, block)  # (block, block + 2r)
+
+    def _windows(self, size: int):
+        """Per output block: its rows, the input rows it reads (clipped to the image) and the matching columns of
+        the Toeplitz block (zero padding outside the image is dropping those columns)."""
+        r, b = self.radius, self.block
+        for start in range(0, size, b):
+            stop = min(start + b, size)
+            lo, hi = max(start - r, 0), min(stop + r, size)
+            yield start, stop, lo, hi, self.toeplitz[: stop - start, lo - (start - r) : hi - (start - r)]
+
+    def __call__(self, X: Tensor) -> Tensor:
+        """X: (H, W, L) -> (H, W, L)."""
+        height, width, labels = X.shape
+        rows = X.reshape(height, width * labels)
+        out = torch.cat([taps @ rows[lo:hi] for _, _, lo, hi, taps in self._windows(height)])
+        out = out.view(height, width, labels)
+        return torch.cat([torch.matmul(taps, out[:, lo:hi]) for _, _, lo, hi, taps in self._windows(width)], 1)
+
+
+# method="lattice": pixels whose lattice mass from other pixels is below this share of their total get no
+# appearance message (float32 round-off of the total is ~1e-6 of it).
+_LATTICE_MIN_SHARE = 1e-3
+
+
+class _LatticeMessages:
+    """Permutohedral-lattice appearance messages and block-GEMM smoothness messages (see the module docstring).
+
+    Works labels-last: each pixel's L label values are contiguous (the sparse lattice products and the
+    smoothness GEMMs read rows of L). ``labels_last`` tells the mean-field loop to keep Q in that memory layout
+    (an (L, H, W) view of (H, W, L) memory), so no iteration transposes Q.
+    """
+
+    labels_last = True
+
+    def __init__(self, image: Tensor, theta_alpha: float, theta_beta: float, theta_gamma: float, normalize: bool,
+                 dtype: torch.dtype):
+        _, height, width = image.shape
+        dev = image.device
+        self.height, self.width, self.normalize, self.dtype = height, width, normalize, dtype
+        self.smooth_filter = _SeparableGaussian(theta_gamma, dtype, dev)
+        if normalize:
+            ones = torch.ones(height, width, 1, device=dev, dtype=dtype)
+            self.smooth_norm = self.smooth_filter(ones) - 1.0  # Σ_{m≠k} k_smooth(k, m), (H, W, 1)
+        ys, xs = torch.meshgrid(torch.arange(height, device=dev, dtype=torch.float64),
+                                torch.arange(width, device=dev, dtype=torch.float64), indexing="ij")
+        f = torch.cat([xs[None] / theta_alpha, ys[None] / theta_alpha, image.to(torch.float64) * (255.0 / theta_beta)])
+        self.lattice = PermutohedralLattice(f.reshape(5, -1).T, dtype)
+        self.self_weight = self.lattice.self_weight[:, None]  # (N, 1): the pixel's own share, removed (m ≠ k)
+        # A pixel whose lattice mass is almost all its own (a colour no other pixel shares) keeps a difference of
+        # two nearly equal numbers, i.e. float round-off: it gets no appearance message.
+        mass = self.lattice.filter(torch.ones(height * width, 1, device=dev, dtype=dtype))
+        self.has_neighbours = (mass - self.self_weight > _LATTICE_MIN_SHARE * mass).to(dtype)  # (N, 1)
+
+    def __call__(self, Q: Tensor) -> tuple[Tensor, Tensor]:
+        labels = Q.shape[0]
+        work = Q.to(self.dtype).permute(1, 2, 0)  # (H, W, L); no copy when Q is labels-last
+        flat = work.reshape(-1, labels)  # (N, L)
+        app = self.lattice.filter(flat)
+        app = torch.addcmul(app, self.self_weight, flat, value=-1.0).clamp_min(0.0)  # Σ over m ≠ k
+        smooth = self.smooth_filter(work) - work
+        if self.normalize:
+            # Σ_l Q_m(l) = 1, so Σ_l message_k(l) is the pixel's kernel mass Σ_{m≠k} k(k, m).
+            tiny = torch.finfo(self.dtype).tiny
+            app = app * (self.has_neighbours / app.sum(1, keepdim=True).clamp_min(tiny))
+            smooth = smooth / self.smooth_norm.clamp_min(tiny)
+        else:
+            app = app * self.has_neighbours
+        app = app.reshape(self.height, self.width, labels).permute(2, 0, 1)
+        return app.to(Q.dtype), smooth.permute(2, 0, 1).to(Q.dtype)
+
+
 def message_kernels(image: Tensor, options: CRFOptions, dtype: torch.dtype):
     """The pairwise message operator of one image: ``messages(Q) -> (appearance, smoothness)``, each (L, H, W).
 
@@ -285,6 +398,9 @@ def message_kernels(image: Tensor, options: CRFOptions, dtype: torch.dtype):
         return _ExactMessages(image, options.theta_alpha, options.theta_beta, options.theta_gamma, options.normalize,
                               dtype)
     work = torch.promote_types(dtype, torch.float32)
+    if options.method == "lattice":
+        return _LatticeMessages(image, options.theta_alpha, options.theta_beta, options.theta_gamma,
+                                options.normalize, work)
     return _FastMessages(image, options.theta_alpha, options.theta_beta, options.theta_gamma, options.normalize,
                          work, options.app_stride, options.app_max_keys)
 

@@ -35,15 +35,29 @@ def _instance_crf_single(Q: Tensor, boxes: Tensor, scores: Tensor, image: Tensor
     potential = unary_potential(Q, boxes, scores, w_box, w_global, opts.box_term, opts.global_term)
     neg_unary = torch.log(potential + opts.eps)  # -U
     logits = neg_unary
+    labels_last = False
     if opts.pairwise and opts.iters > 0:
         messages = message_kernels(image, opts, Q.dtype)
-        probs = torch.softmax(neg_unary, dim=0)  # Q⁰ = softmax(-U)
+        # Operators that work labels-last (each pixel's labels contiguous) get Q in that memory layout throughout.
+        labels_last = getattr(messages, "labels_last", False)
+        if labels_last:
+            neg_unary = neg_unary.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        probs = _softmax(neg_unary, labels_last)  # Q⁰ = softmax(-U)
         for _ in range(opts.iters):
             app, smooth = messages(probs)
             # Potts: Q_k(l) ∝ exp(-U_k(l) + Σ_m [w_app k_app + w_smooth k_smooth] Q_m(l)).
             logits = neg_unary + w_app * app + w_smooth * smooth
-            probs = torch.softmax(logits, dim=0)
-    return torch.log_softmax(logits, dim=0) if log_probs else torch.softmax(logits, dim=0)
+            probs = _softmax(logits, labels_last)
+    out = _softmax(logits, labels_last, log=log_probs)
+    return out.contiguous() if labels_last else out
+
+
+def _softmax(logits: Tensor, labels_last: bool, log: bool = False) -> Tensor:
+    """(Log-)softmax over the labels (dim 0) of (L, H, W); labels-last tensors reduce over their contiguous dim."""
+    fn = torch.log_softmax if log else torch.softmax
+    if labels_last:
+        return fn(logits.permute(1, 2, 0), dim=-1).permute(2, 0, 1)
+    return fn(logits, dim=0)
 
 
 def _as_list(x, count: int, name: str) -> list[Tensor]:

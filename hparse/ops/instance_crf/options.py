@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor
 
-__all__ = ["THETA_ALPHA", "THETA_BETA", "THETA_GAMMA", "EXACT_MAX_PIXELS", "CRFOptions", "default_pairwise_weights",
-           "WeightLike"]
+__all__ = ["THETA_ALPHA", "THETA_BETA", "THETA_GAMMA", "EXACT_MAX_PIXELS", "METHODS", "CRFOptions",
+           "default_pairwise_weights", "WeightLike"]
 
 # Kernel widths of the authors' released Instance-CRF (DIN, din.prototxt): bilateral xy / rgb, spatial xy.
 THETA_ALPHA = 49.0
@@ -27,6 +27,8 @@ _W_APP_NORMALISED = 4.0
 _W_SMOOTH_NORMALISED = 3.0
 # method="exact" stores two N x N kernels: 9216 pixels (96 x 96) is 340 MB each in float32.
 EXACT_MAX_PIXELS = 96 * 96
+# How the pairwise messages are computed (hparse.ops.instance_crf.kernels).
+METHODS = ("exact", "fast", "lattice")
 
 WeightLike = float | Tensor
 
@@ -59,8 +61,9 @@ class CRFOptions:
             pixels, θβ (appearance, colour) in 0-255 colour units.
         normalize: divide each kernel's message by the pixel's kernel mass ``Σ_{m≠k} k(k, m)`` (the released
             layers; default) instead of the plain sum.
-        method: ``"exact"`` (dense N×N kernels, small images only) or ``"fast"`` (separable convolutions +
-            attention over Gaussian clouds of pixels; :mod:`~hparse.ops.instance_crf.kernels`).
+        method: ``"exact"`` (dense N×N kernels, small images only), ``"fast"`` (separable convolutions +
+            attention over Gaussian clouds of pixels) or ``"lattice"`` (permutohedral lattice, as ``pydensecrf``;
+            :mod:`~hparse.ops.instance_crf.kernels`).
         box_term, global_term, pairwise: switch the paper's components (ablations of Tab. 1).
         app_stride: cell size of the fast appearance kernel (1 = exact); ``None`` picks the smallest stride whose
             clouds (two per cell above stride 1) fit in ``app_max_keys`` attention keys.
@@ -81,8 +84,9 @@ class CRFOptions:
     app_max_keys: int = 2048
 
     def __post_init__(self):
-        if self.method not in ("exact", "fast"):
-            raise ValueError(f"instance_crf: method must be 'exact' or 'fast', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"instance_crf: method must be one of {', '.join(map(repr, METHODS))}, "
+                             f"got {self.method!r}")
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 0:
             raise ValueError(f"instance_crf: iters must be an int >= 0, got {self.iters!r}")
         for name in ("theta_alpha", "theta_beta", "theta_gamma"):
