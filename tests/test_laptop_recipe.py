@@ -137,10 +137,13 @@ def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp
     assert set(record["metrics"]["per_seed"]) == {"0", "1"} and record["metrics"]["seeds"] == [0, 1]
     assert "mIoU" in record["metrics"]["mean"] and record["metrics"]["iterations"] == 2
     assert record["config"]["flags"] == {"gce": True, "ipbc": False}
-    # A second call reuses the finished runs: no run folder gets a new checkpoint.
+    # A second call reuses the finished runs: no run folder gets a new checkpoint, and a record that already holds
+    # every seed is left as written (its provenance names the run that measured it).
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")}
+    written = (tmp_results / "smoke" / "parsing_rcnn" / "test_gce.json").stat().st_mtime_ns
     again = run_variants("parsing_rcnn", variants, [0, 1], profile, **kwargs)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("checkpoint.pt")} == stamps
+    assert (tmp_results / "smoke" / "parsing_rcnn" / "test_gce.json").stat().st_mtime_ns == written
     assert again["gce"]["mean"] == pytest.approx(out["gce"]["mean"])
     # The records alone are enough: without the run folders nothing is retrained, and a new seed trains only itself.
     import shutil

@@ -424,9 +424,10 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             :func:`save_artefacts` (default: when ``write``); a reused run's are remade only when missing or of
             another run.
 
-    A variant's record is rewritten after every seed and holds every seed ever measured for that exact config
-    (earlier calls' included), so the records alone carry an ablation forward: a seed already in the record is not
-    retrained, even when its run folder is gone.
+    A variant's record is rewritten after every seed it did not hold and holds every seed ever measured for that
+    exact config (earlier calls' included), so the records alone carry an ablation forward: a seed already in the
+    record is not retrained, even when its run folder is gone, and a call that only reuses seeds leaves the record
+    (and its provenance) untouched.
 
     Returns:
         ``{variant: metrics}`` with ``metrics`` as written (``per_seed``, ``mean``, ``std``, ``min``, ``max``,
@@ -449,7 +450,8 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             folder = run_folder(out_root, profile, name, seed)
             predictions = artefact_paths(method, name, profile.name)["predictions"]
             keep = artefacts and seed == seeds[0] and not _artefact_current(predictions, folder)
-            if seed in recorded and not (keep and not predictions.exists()):
+            fresh = not (seed in recorded and not (keep and not predictions.exists()))
+            if not fresh:
                 metrics, model, keep = recorded[seed], None, False  # measured by an earlier call: kept in the record
             else:
                 metrics, model = train_seed(method, profile, flags, seed, folder, iterations=iterations,
@@ -468,7 +470,9 @@ def run_variants(method: str, variants: Sequence[tuple[str, dict]], seeds: Seque
             record = {**summarise(measured), "per_seed": {str(s): m for s, m in measured.items()},
                       "seeds": list(measured), "iterations": min(int(m.get("iterations") or 0)
                                                                  for m in measured.values())}
-            if write:  # after every seed, so an interrupted ablation keeps every run it finished
+            # After every seed, so an interrupted ablation keeps every run it finished; a record that already holds
+            # every seed measured is left as written (its provenance names the run that measured them).
+            if write and fresh:
                 wall = sum(float(m.get("wall_time_s") or 0.0) for m in measured.values())
                 write_result(f"{record_prefix}{name}", record, profile=profile.name,
                              config={**config, "seeds": list(measured)}, wall_time_s=wall, device=device,
