@@ -186,7 +186,7 @@ def recipe(method: str, profile: Profile, dataset: str = "synth", **variant) -> 
 # The sizes of `hparse demo`, per profile (see demo_recipe). Only sizes differ from the Parsing R-CNN recipe.
 _DEMO_SIZES = {
     "smoke": dict(iterations=4),
-    "cpu": dict(val_images=50, iterations=1000, train=dict(eval_every=250, checkpoint_every=250)),
+    "cpu": dict(image_size=320, val_images=50, iterations=1000, train=dict(eval_every=250, checkpoint_every=250)),
     "gpu": dict(iterations=3000),
 }
 
@@ -194,8 +194,14 @@ _DEMO_SIZES = {
 def demo_recipe(profile: Profile) -> dict[str, dict]:
     """Model, training and data settings of ``hparse demo``: a small Parsing R-CNN trained on SynthCrowd.
 
-    The paper's flags (PSS, 32x32 ERR RoIs, GCE, IPBC) stay on; only sizes shrink. ``smoke`` is the Parsing R-CNN
-    recipe for 4 steps (seconds; used by the tests); ``gpu`` is the gpu recipe for 3000 steps.
+    The paper's flags (PSS, 32x32 ERR RoIs, GCE, IPBC) stay on; only sizes change. ``smoke`` is the Parsing R-CNN
+    recipe for 4 steps (seconds; used by the tests); ``gpu`` is the gpu recipe for 3000 steps. ``cpu`` is the cpu
+    recipe for 1000 steps on SynthCrowd images of 320 pixels instead of the profile's 192 (anchors and the FPN level
+    assignment scaled with them): the parsing branch's cost is per RoI, not per pixel, so larger images cost a step
+    little (1.1-1.2x) while RoIAlign's ceiling with perfect stride-4 features rises from 0.65 to 0.80 RoI mIoU and thin
+    parts become wider than a P2 cell. Measured (seed 0, same recipe otherwise): val mIoU 0.253 -> 0.288 and
+    AP^p_vol 0.169 -> 0.206 from 192 to 320 pixels, the same on the test split; the starting point, pretrained at
+    192 pixels, is used as it is (one seed; the 192-pixel record is in the history of `demo.json`).
     """
     sizes = _DEMO_SIZES.get(profile.name, _DEMO_SIZES["gpu"])
     data = {key: sizes.get(key, value) for key, value in synth_data(profile).items()}
