@@ -11,6 +11,7 @@ laptop sizes, where a person is 10-45 cells of P2 tall, that half cell costs a t
 models therefore pool with ``aligned=True`` (:class:`hparse.models.detector.TopDownParser`, ``roi_aligned``)::
 
     python -m hparse.experiments.roi_alignment --profile cpu     # results/cpu/parsing_rcnn/roi_alignment.json
+    python -m hparse.experiments.roi_alignment --profile cpu --image-size 320   # ..._320.json (the demo's size)
 """
 
 from __future__ import annotations
@@ -68,14 +69,21 @@ def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"))
     parser.add_argument("--images", type=int, default=None, help="val images (default: the profile's)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="SynthCrowd image side (default: the profile's); the record is then "
+                             "parsing_rcnn/roi_alignment_<side>")
     args = parser.parse_args(argv)
     profile: Profile = get_profile(args.profile)
     images = args.images or profile.val_images
-    dataset = SynthCrowd("val", images, profile.image_size, 1, profile.max_people, seed=0)
+    side = args.image_size or profile.image_size
+    if side < 16:
+        parser.error(f"--image-size must be at least 16 pixels, got {side}")
+    dataset = SynthCrowd("val", images, side, 1, profile.max_people, seed=0)
     result = alignment_bound(dataset)
-    path = write_result("parsing_rcnn/roi_alignment", result, profile=profile.name,
+    name = "parsing_rcnn/roi_alignment" + (f"_{side}" if args.image_size else "")
+    path = write_result(name, result, profile=profile.name,
                         config={"dataset": "synth", "split": "val", "val_images": images,
-                                "image_size": profile.image_size, "max_people": profile.max_people,
+                                "image_size": side, "max_people": profile.max_people,
                                 "output_size": 128, "sampling_ratio": 2},
                         notes="RoI mIoU of perfect (one-hot, average-pooled) features through RoIAlign")
     print(result)
