@@ -592,6 +592,7 @@ def _cmd_bench(args) -> int:
 
     _passive_cpu_threads()
     from .benchmarks import BENCHMARKS, run_benchmark
+    from .engine.results import replacing
 
     names = sorted(BENCHMARKS) if args.name == "all" else [args.name]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -599,7 +600,8 @@ def _cmd_bench(args) -> int:
         raise UserError(f"unknown benchmark {unknown[0]!r}; available: {', '.join(sorted(BENCHMARKS)) or 'none'}")
     profile, device = _profile(args), _device(args.device)
     for name in names:
-        numbers = run_benchmark(name, profile, device)
+        with replacing(args.force):
+            numbers = run_benchmark(name, profile, device)
         print(f"== {name} ({profile.name}, {device})")
         print(json.dumps(numbers, indent=2, default=str))
     return 0
@@ -772,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark (writes results/<profile>/bench/<name>.json)")
     bench.add_argument("name", help="benchmark name, or 'all'")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--force", action="store_true",
+                       help="replace a results file of another config (a benchmark whose settings changed)")
     _add_profile(bench)
     _add_debug(bench)
     bench.set_defaults(func=_cmd_bench)

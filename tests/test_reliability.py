@@ -512,3 +512,31 @@ def test_fresh_start_keeps_the_earlier_log(tmp_path):
     assert [json.loads(line)["step"] for line in kept[0].read_text().splitlines()] == [1, 2, 3]
     assert [r["step"] for r in read_log(tmp_path)] == [1, 2]
     assert len(list(tmp_path.glob("result.*.json"))) == 1  # the earlier run's record too
+
+
+def test_bench_force_replaces_a_record_of_other_settings(tmp_results, monkeypatch, capsys):
+    """A benchmark whose settings changed is refused in one line naming --force, which `hparse bench` accepts."""
+    import sys
+    import types
+
+    from hparse import benchmarks
+    from hparse.cli import main
+
+    module = types.ModuleType("hparse_test_bench")
+    settings = {"size": 1}
+
+    def run(profile, device):
+        write_result("bench/toy", {"value": 1.0}, profile=profile.name, config=dict(settings))
+        return {"value": 1.0}
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "hparse_test_bench", module)
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "toy", "hparse_test_bench")
+    assert main(["bench", "toy", "--profile", "smoke", "--device", "cpu"]) == 0
+    settings["size"] = 2  # the benchmark's settings change
+    capsys.readouterr()
+    assert main(["bench", "toy", "--profile", "smoke", "--device", "cpu"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["bench", "toy", "--profile", "smoke", "--device", "cpu", "--force"]) == 0
+    record = json.loads((tmp_results / "smoke" / "bench" / "toy.json").read_text())
+    assert record["config"]["size"] == 2

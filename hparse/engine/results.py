@@ -17,6 +17,8 @@ Who may write what (DESIGN.md, "Results and provenance"):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import json
 import math
@@ -213,6 +215,20 @@ def _record(name: str | None, metrics: dict[str, Any], profile: str, config: dic
     }
 
 
+_REPLACING: contextvars.ContextVar[bool] = contextvars.ContextVar("hparse_replacing_results", default=False)
+
+
+@contextlib.contextmanager
+def replacing(allowed: bool = True):
+    """Within the block, :func:`write_result` replaces records as with ``force=True`` (``hparse bench --force``:
+    a benchmark writes its record itself, deep inside the measurement)."""
+    token = _REPLACING.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _REPLACING.reset(token)
+
+
 def write_result(
     name: str,
     metrics: dict[str, Any],
@@ -228,11 +244,12 @@ def write_result(
     """Write ``results/<profile>/<name>.json`` (``name`` may contain ``/``) and return its path.
 
     An existing file is replaced only by a run of the same config with at least as many iterations, or with
-    ``force=True`` (:func:`check_replace`; raises :class:`ResultConflictError` otherwise).
+    ``force=True`` or inside :func:`replacing` (:func:`check_replace`; raises :class:`ResultConflictError`
+    otherwise).
     """
     path = result_path(name, profile, root)
     record = _record(name, metrics, profile, config, wall_time_s, device, notes)
-    check_replace(path, record["config"], record_iterations(record), force)
+    check_replace(path, record["config"], record_iterations(record), force or _REPLACING.get())
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
 
