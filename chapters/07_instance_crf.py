@@ -49,7 +49,9 @@ from IPython.display import Markdown, display
 from hparse.benchmarks.instance_crf import simulated_inputs
 from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.engine import find_results, get_device, get_profile, seed_everything
-from hparse.experiments.holistic_table1 import PAPER_TABLE1, ROWS, TABLE_KEYS, table
+from hparse.engine.results import load_result
+from hparse.experiments.holistic_table1 import PAPER_TABLE1, RECORD_PREFIX, ROWS, TABLE_KEYS, table
+from hparse.experiments.runner import spread_verdict
 from hparse.metrics import ParsingEvaluator
 from hparse.models import build_model
 from hparse.ops import InstanceCRF, crf_prediction, hungarian_matched_loss, instance_crf
@@ -585,15 +587,25 @@ ROW_NAMES = {"box_only": "piecewise, box term only", "piecewise": "piecewise", "
              "end_to_end_ohem": "end-to-end, OHEM"}
 table_profile = next((name for name in ("gpu", "cpu") if table(name)), None)
 ours = {line["row"]: line for line in table(table_profile)} if table_profile else {}
+# Each row's AP^r_vol against the row it adds one thing to: the global term, end-to-end training, OHEM.
+COMPARED_WITH = {"piecewise": "box_only", "end_to_end": "piecewise", "box_only_ohem": "box_only",
+                 "piecewise_ohem": "piecewise", "end_to_end_ohem": "end_to_end"}
+records = {name: (load_result(f"{RECORD_PREFIX}{name}", table_profile) or {}).get("metrics") if table_profile else None
+           for name, _ in ROWS}
 lines = ["| Table 1 row | " + " | ".join(f"ours {k}" for k in TABLE_KEYS) + " | "
-         + " | ".join(f"paper {k}" for k in TABLE_KEYS) + " |", "|---|" + "---|" * (2 * len(TABLE_KEYS))]
+         + " | ".join(f"paper {k}" for k in TABLE_KEYS) + " | ours APrvol against |",
+         "|---|" + "---|" * (2 * len(TABLE_KEYS) + 1)]
 for name, _ in ROWS:
     line = ours.get(name)
     cells = [f"{100 * line['ours'][k][0]:.1f} ± {100 * line['ours'][k][1]:.1f}" if line and k in line["ours"] else "–"
              for k in TABLE_KEYS]
+    base = COMPARED_WITH.get(name)
+    a, b = records.get(name), records.get(base)
+    verdict = (f"{ROW_NAMES[base]}: {spread_verdict(a, b, 'APrvol')}" if a and b and "mean" in a and "mean" in b
+               else "")
     lines.append(f"| {ROW_NAMES[name]} | " + " | ".join(cells) + " | "
-                 + " | ".join(f"{PAPER_TABLE1[name][k]:.1f}" for k in TABLE_KEYS) + " |")
-source = (f"Ours: profile `{table_profile}`, seeds {ours[next(iter(ours))]['seeds']}, detections from the person "
+                 + " | ".join(f"{PAPER_TABLE1[name][k]:.1f}" for k in TABLE_KEYS) + f" | {verdict} |")
+source = (f"Ours: profile `{table_profile}`, seeds {', '.join(map(str, ours[next(iter(ours))]['seeds']))}, detections from the person "
           "detector trained in the same run." if ours else
           "*No Table 1 run is recorded yet; the command below makes one (the columns marked – fill in).*")
 display(Markdown(source + "\n\n" + "\n".join(lines) + "\n\n`python -m hparse.experiments.holistic_table1 "

@@ -138,10 +138,10 @@ PAPER_TABLE4 = [("single (baseline)", dict(dspf="single", warp=False), 35.5, 40.
                 ("+ residual refinement (Eq. 3)", dict(dspf="residual", warp=False), 38.1, 43.4, 41.5),
                 ("+ learnable warping (Eqs. 4–6)", dict(dspf="residual", warp=True), 38.9, 44.3, 42.2)]
 from hparse.experiments.dspf_ablation import record_name
-from hparse.experiments.runner import exceeds_spread
+from hparse.experiments.runner import spread_verdict
 
 rows = ["| variant | flags | paper AP^p_50 | paper AP^p_vol | paper PCP_50 | ours AP^p_50 | ours AP^p_vol | "
-        "beyond the seeds' spread? |", "|---|---|---|---|---|---|---|---|"]
+        "AP^p_vol against the row above |", "|---|---|---|---|---|---|---|---|"]
 previous = None
 for name, flags, ap50, apvol, pcp in PAPER_TABLE4:
     record = find_results(record_name(flags["dspf"], flags["warp"]))
@@ -150,7 +150,7 @@ for name, flags, ap50, apvol, pcp in PAPER_TABLE4:
         ["not run yet"] * 2
     verdict = ""
     if m and previous:
-        verdict = "yes" if exceeds_spread(m, previous, "APpvol") else "no (within the spread)"
+        verdict = spread_verdict(m, previous, "APpvol")
     previous = m
     rows.append(f"| {name} | `{', '.join(f'{k}={v!r}' for k, v in flags.items())}` | {ap50} | {apvol} | {pcp} | "
                 f"{' | '.join(ours)} | {verdict} |")

@@ -10,7 +10,7 @@ import torch
 
 from hparse.data import SynthCrowd
 from hparse.engine import get_profile
-from hparse.experiments.runner import exceeds_spread, run_variants, summarise
+from hparse.experiments.runner import exceeds_spread, run_variants, spread_verdict, summarise
 from hparse.models import build_model
 from hparse.models.backbone import build_resnet_fpn
 from hparse.models.heads.parsing_head import ParsingHead
@@ -123,6 +123,10 @@ def test_summarise_and_the_spread_rule():
     b = {"mean": {"m": 0.47}, "std": {"m": 0.01}}
     c = {"mean": {"m": 0.49}, "std": {"m": 0.01}}
     assert exceeds_spread(a, b, "m") and not exceeds_spread(a, c, "m")
+    # What the book prints: one seed has no spread, whatever its gap.
+    assert spread_verdict({**a, "seeds": [0, 1]}, {**b, "seeds": [0, 1]}, "m") == "exceeds the spread"
+    assert spread_verdict({**a, "seeds": [0, 1]}, {**c, "seeds": [0, 1]}, "m") == "within the spread"
+    assert spread_verdict({**a, "seeds": [0]}, {**b, "seeds": [0, 1]}, "m") == "one seed: no spread"
 
 
 def test_run_variants_writes_one_record_per_variant_and_reuses_finished_runs(tmp_path, tmp_results):

@@ -50,7 +50,7 @@ from ..recipes import with_iterations
 
 __all__ = ["add_run_arguments", "SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits",
            "SUMMARY_KEYS", "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
-           "artefact_paths", "record_spread"]
+           "artefact_paths", "record_spread", "spread_verdict"]
 
 #: The seeds of every ablation unless asked otherwise.
 SEEDS = (0, 1, 2)
@@ -169,6 +169,15 @@ def exceeds_spread(a: dict, b: dict, key: str) -> bool:
     the sum of their standard deviations over seeds: the one rule by which the book calls a difference real."""
     gap = abs(a["mean"][key] - b["mean"][key])
     return gap > a["std"][key] + b["std"][key]
+
+
+def spread_verdict(a: dict, b: dict, key: str) -> str:
+    """What the book prints for the difference of ``key`` between two variant records: ``"exceeds the spread"``,
+    ``"within the spread"`` (:func:`exceeds_spread`), or ``"one seed: no spread"`` when either has fewer than two
+    seeds (a standard deviation of 0 over one seed says nothing)."""
+    if min(len(a.get("seeds") or ()), len(b.get("seeds") or ())) < 2:
+        return "one seed: no spread"
+    return "exceeds the spread" if exceeds_spread(a, b, key) else "within the spread"
 
 
 # ------------------------------------------------------------------------------------------------- artefacts
