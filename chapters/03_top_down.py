@@ -533,8 +533,9 @@ if pretrain is not None:
 TARGET = {"mIoU": 0.40, "APp50": 0.30, "APpvol": 0.30}
 rows = ["| run | steps | mIoU | AP^p_50 | AP^p_vol | PCP_50 | file |", "|---|---|---|---|---|---|---|"]
 for name, what in (("demo_from_scratch", "from random weights (the first demo)"),
-                   ("demo", "the cpu recipe (SynthCrowd starting point)"),
-                   ("demo_heldout", "the same model on held-out SynthCrowd images")):
+                   ("demo", "the cpu recipe (SynthCrowd starting point), seed 0"),
+                   ("demo_seed1", "the same recipe, seed 1 (the spread between seeds)"),
+                   ("demo_heldout", "the seed-0 model on held-out SynthCrowd images")):
     record = find_results(f"parsing_rcnn/{name}", profiles=("cpu",))
     if record is None:
         continue
@@ -545,7 +546,7 @@ for name, what in (("demo_from_scratch", "from random weights (the first demo)")
 rows.append("| the laptop recipe's target | | " + " | ".join(f"{100 * TARGET[k]:.0f}" for k in TARGET) + " | | |")
 display(MarkdownTables("`hparse demo` at the cpu profile on SynthCrowd (%):\n\n" + "\n".join(rows)
                        + "\n\nReproduce: `hparse demo --profile cpu` (add `--record parsing_rcnn/demo` to write "
-                       "the record)"))
+                       "the record; `--seed 1 --record parsing_rcnn/demo_seed1` for the second seed)"))
 
 # %% tags=["hide-input"]
 breakdown = find_results("parsing_rcnn/demo_error_breakdown", profiles=("cpu",))
