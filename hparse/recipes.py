@@ -198,10 +198,10 @@ def demo_recipe(profile: Profile) -> dict[str, dict]:
     recipe for 4 steps (seconds; used by the tests); ``gpu`` is the gpu recipe for 3000 steps. ``cpu`` is the cpu
     recipe for 1000 steps on SynthCrowd images of 320 pixels instead of the profile's 192 (anchors and the FPN level
     assignment scaled with them): the parsing branch's cost is per RoI, not per pixel, so larger images cost a step
-    little (1.1-1.2x) while RoIAlign's ceiling with perfect stride-4 features rises from 0.65 to 0.80 RoI mIoU and thin
-    parts become wider than a P2 cell. Measured (seed 0, same recipe otherwise): val mIoU 0.253 -> 0.288 and
-    AP^p_vol 0.169 -> 0.206 from 192 to 320 pixels, the same on the test split; the starting point, pretrained at
-    192 pixels, is used as it is (one seed; the 192-pixel record is in the history of `demo.json`).
+    little while RoIAlign's ceiling with perfect stride-4 features rises from 0.65 to 0.80 RoI mIoU and thin
+    parts become wider than a P2 cell (``results/cpu/parsing_rcnn/demo.json`` and ``demo_seed1.json`` at 320 pixels,
+    ``demo_192px.json`` at 192; ``roi_alignment.json`` and ``roi_alignment_320.json`` for the bound). The starting
+    point, pretrained at 192 pixels, is used as it is.
     """
     sizes = _DEMO_SIZES.get(profile.name, _DEMO_SIZES["gpu"])
     data = {key: sizes.get(key, value) for key, value in synth_data(profile).items()}
