@@ -42,6 +42,7 @@ from hparse.data import CIHP_LABELS, SynthCrowd
 from hparse.data.collate import collate_detection
 from hparse.engine import get_profile, seed_everything
 from hparse.experiments.parsing_rcnn_ladder import LADDER
+from hparse.experiments.runner import VERDICTS
 from hparse.models import build_model
 from hparse.models.heads.gce import NonLocal2d
 from hparse.models.heads.parsing_head import ParsingHead, ParsingPredictor
@@ -284,8 +285,7 @@ def reading(before, after):
         if v["change"] is None:
             parts.append(f"{key} –")
             continue
-        judged = {True: "exceeds the spread", False: "within the spread", None: "one seed, no spread"}[v["exceeds"]]
-        parts.append(f"{key} {round(100 * v['change'], 2) + 0.0:+.2f} ({judged})")
+        parts.append(f"{key} {round(100 * v['change'], 2) + 0.0:+.2f} ({VERDICTS[v['exceeds']]})")
     return ", ".join(parts)
 
 

@@ -68,7 +68,7 @@ from hparse.experiments.attention_ablation import (
     synth_splits,
     variant_key,
 )
-from hparse.experiments.runner import exceeds_spread, load_predictions, saved_artefacts
+from hparse.experiments.runner import VERDICTS, exceeds_spread, load_predictions, saved_artefacts
 from hparse.models.heads.attention import AttentionFusion, AttentionParsingHead, attention_targets, parse_attention
 from hparse.viz.overlay import draw_boxes, overlay_instances, to_numpy_image
 from hparse.viz.topdown import MarkdownTables, ablation_table, percent, saved_prediction_grid, short_run_caveat
@@ -388,9 +388,6 @@ def gain_row(sweep, key, i):
                                                         {"mean": {key: b}, "std": {key: sb}}, key)
 
 
-JUDGED = {True: "exceeds the spread", False: "within the spread", None: "one seed: no spread"}
-
-
 def seeds_flag(seeds):
     """``--seeds ...`` unless a sweep used the default seeds 0 1 2 (or its seeds are unknown)."""
     seeds = [s for s in (seeds or []) if s is not None]
@@ -428,7 +425,7 @@ for i, crowding in enumerate(sweep["crowding"]):
     cells = []
     for key in ("APp50", "APr50"):
         gain, exceeds = gain_row(sweep, key, i)
-        cells.append("–" if gain is None else f"{gain:+.2f} ({JUDGED[exceeds]})")
+        cells.append("–" if gain is None else f"{gain:+.2f} ({VERDICTS[exceeds]})")
         if key == "APr50" and gain is not None:
             verdicts.append((crowding, gain, exceeds))
     lines.append(f"| {crowding:.2f} | {100 * sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(cells) + " |")
@@ -499,7 +496,7 @@ for i, crowding in enumerate(roi_sweep["crowding"]):
     if gain is not None:
         leak.append((crowding, gain, exceeds))
     cells = [cell(roi_sweep, v, "other_leakage", i) for v in ("none", "concat_after_conv4")]
-    cells.append("–" if gain is None else f"{gain:+.2f} ({JUDGED[exceeds]})")
+    cells.append("–" if gain is None else f"{gain:+.2f} ({VERDICTS[exceeds]})")
     cells += [cell(roi_sweep, v, key, i) for key in ("own_recall", "roi_mIoU") for v in ("none", "concat_after_conv4")]
     lines.append(f"| {crowding:.2f} | {100 * roi_sweep['other_person_fraction'][i]:.0f}% | " + " | ".join(cells) + " |")
 verdict = ""

@@ -183,7 +183,7 @@ def test_ablation_table_compares_with_the_model_without_attention():
     saved = {"profile": "cpu", "records": {"none": old, "concat": {**old, "metrics": {"APr50": 0.3}}}}
     text = ablation_table(saved, {"none": "w/o attention", "concat": "concat"}, keys=("APr50",),
                           paper={"concat": ("Table 5, val", {"APr50": 40.7})})
-    assert "| concat | ours | 30.00 | one seed: no spread to compare with |" in text
+    assert "| concat | ours | 30.00 | one seed: no spread |" in text
     assert "| | paper (Table 5, val) | 40.7 | |" in text and "seeds [0]" in text
     assert "`python -m hparse.experiments.attention_ablation --profile cpu --seeds 0`" in text
     seeded = {"profile": "cpu", "records": {"none": _record("cpu", 600, APr50=(0.1, 0.1, 0.1)),

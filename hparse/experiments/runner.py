@@ -50,7 +50,7 @@ from ..recipes import with_iterations
 
 __all__ = ["add_run_arguments", "SEEDS", "run_variants", "train_seed", "summarise", "exceeds_spread", "synth_splits",
            "SUMMARY_KEYS", "run_folder", "ARTEFACT_IMAGES", "save_artefacts", "saved_artefacts", "load_predictions",
-           "artefact_paths", "record_spread", "spread_verdict"]
+           "artefact_paths", "record_spread", "spread_verdict", "VERDICTS"]
 
 #: The seeds of every ablation unless asked otherwise.
 SEEDS = (0, 1, 2)
@@ -171,13 +171,17 @@ def exceeds_spread(a: dict, b: dict, key: str) -> bool:
     return gap > a["std"][key] + b["std"][key]
 
 
+#: What the book prints for a difference: :func:`exceeds_spread`'s answer, or ``None`` for one seed (a standard
+#: deviation of 0 over one seed says nothing).
+VERDICTS = {True: "exceeds the spread", False: "within the spread", None: "one seed: no spread"}
+
+
 def spread_verdict(a: dict, b: dict, key: str) -> str:
-    """What the book prints for the difference of ``key`` between two variant records: ``"exceeds the spread"``,
-    ``"within the spread"`` (:func:`exceeds_spread`), or ``"one seed: no spread"`` when either has fewer than two
-    seeds (a standard deviation of 0 over one seed says nothing)."""
+    """The :data:`VERDICTS` text for the difference of ``key`` between two variant records: ``"one seed: no
+    spread"`` when either has fewer than two seeds, else whether it exceeds the spread (:func:`exceeds_spread`)."""
     if min(len(a.get("seeds") or ()), len(b.get("seeds") or ())) < 2:
-        return "one seed: no spread"
-    return "exceeds the spread" if exceeds_spread(a, b, key) else "within the spread"
+        return VERDICTS[None]
+    return VERDICTS[exceeds_spread(a, b, key)]
 
 
 # ------------------------------------------------------------------------------------------------- artefacts

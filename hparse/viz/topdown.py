@@ -298,16 +298,19 @@ def _points(change: float) -> str:
 
 
 def _verdict(verdicts: dict[str, dict]) -> str:
-    """One table cell: which metrics' change exceeds the spread over seeds."""
+    """One table cell: which metrics' change exceeds the spread over seeds (:data:`~hparse.experiments.runner.VERDICTS`
+    wording)."""
+    from ..experiments.runner import VERDICTS
+
     known = {k: v for k, v in verdicts.items() if v["change"] is not None}
     if not known:
         return "–"
     if any(v["exceeds"] is None for v in known.values()):
-        return "one seed: no spread to compare with"
+        return VERDICTS[None]
     real = [f"{k} {_points(v['change'])}" for k, v in known.items() if v["exceeds"]]
     within = [k for k, v in known.items() if not v["exceeds"]]
     if not real:
-        return "no: within the spread for all"
+        return f"no: {VERDICTS[False]} for all"
     return "yes for " + ", ".join(real) + ("; within the spread for " + ", ".join(within) if within else "")
 
 
