@@ -369,22 +369,23 @@ class _LatticeMessages:
         # A pixel whose lattice mass is almost all its own (a colour no other pixel shares) keeps a difference of
         # two nearly equal numbers, i.e. float round-off: it gets no appearance message.
         mass = self.lattice.filter(torch.ones(height * width, 1, device=dev, dtype=dtype))
-        self.has_neighbours = (mass - self.self_weight > _LATTICE_MIN_SHARE * mass).to(dtype)  # (N, 1)
+        others = mass - self.self_weight  # Σ_{m≠k} k_app(k, m), (N, 1)
+        has_neighbours = (others > _LATTICE_MIN_SHARE * mass).to(dtype)
+        # Per-pixel factor of the appearance message: the kernel mass is known once per image (as the exact path's
+        # row sums), so normalising costs one multiplication per iteration.
+        tiny = torch.finfo(dtype).tiny
+        self.app_scale = has_neighbours / others.clamp_min(tiny) if normalize else has_neighbours
+        self.smooth_scale = 1.0 / self.smooth_norm.clamp_min(tiny) if normalize else None
 
     def __call__(self, Q: Tensor) -> tuple[Tensor, Tensor]:
         labels = Q.shape[0]
         work = Q.to(self.dtype).permute(1, 2, 0)  # (H, W, L); no copy when Q is labels-last
         flat = work.reshape(-1, labels)  # (N, L)
-        app = self.lattice.filter(flat)
-        app = torch.addcmul(app, self.self_weight, flat, value=-1.0).clamp_min(0.0)  # Σ over m ≠ k
-        smooth = self.smooth_filter(work) - work
-        if self.normalize:
-            # Σ_l Q_m(l) = 1, so Σ_l message_k(l) is the pixel's kernel mass Σ_{m≠k} k(k, m).
-            tiny = torch.finfo(self.dtype).tiny
-            app = app * (self.has_neighbours / app.sum(1, keepdim=True).clamp_min(tiny))
-            smooth = smooth / self.smooth_norm.clamp_min(tiny)
-        else:
-            app = app * self.has_neighbours
+        # Σ over m ≠ k: the filter (a fresh tensor, updated in place) minus the pixel's own share, then normalised.
+        app = self.lattice.filter(flat).addcmul_(self.self_weight, flat, value=-1.0).mul_(self.app_scale)
+        smooth = self.smooth_filter(work).sub_(work)
+        if self.smooth_scale is not None:
+            smooth = smooth.mul_(self.smooth_scale)
         app = app.reshape(self.height, self.width, labels).permute(2, 0, 1)
         return app.to(Q.dtype), smooth.permute(2, 0, 1).to(Q.dtype)
 

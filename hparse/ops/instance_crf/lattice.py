@@ -8,8 +8,8 @@ columns of E are orthogonal, ``(1, …, 1, -(i+1), 0, …)``, each scaled to len
 the integer points of H_d whose coordinates are all congruent mod d+1. It tiles H_d into congruent simplices; the
 simplex that holds a point, and the point's barycentric weights on its d+1 vertices, come from rounding to the
 nearest remainder-0 point and sorting the residuals (the rank of each coordinate). All of it is vectorised over
-the N points; lattice points are hashed by encoding their first d coordinates as one int64 and
-``torch.unique(return_inverse=True)``.
+the N points; lattice points are hashed by encoding their first d coordinates as one int64, and one stable sort
+of the codes gives the distinct points, each point's vertex ids and the splat matrix in CSR order.
 
 *Filtering* is three linear maps, each a sparse matrix built once: **splat** (each point adds its value, times
 its barycentric weight, to its d+1 vertices; (M, N) with d+1 entries per column), **blur** (for each of the d+1
@@ -68,15 +68,6 @@ def lattice_scale(d: int) -> float:
 def lattice_amplitude(d: int) -> float:
     """``(2π)^(d/2) / V``: the factor that turns the mass-preserving lattice filter into ``Σ exp(-|Δf|²/2) v``."""
     return (4.0 * math.pi / 3.0) ** (d / 2) * math.sqrt(d + 1)
-
-
-def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    """A CSR matrix from (row, col, value) triples with no duplicate (row, col) pair."""
-    order = torch.argsort(rows * shape[1] + cols)
-    counts = torch.bincount(rows, minlength=shape[0])
-    crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
-    crow[1:] = torch.cumsum(counts, 0)
-    return torch.sparse_csr_tensor(crow, cols[order], values[order], size=shape, check_invariants=False)
 
 
 def _chain(matrices: list[Tensor], values: Tensor) -> Tensor:
@@ -163,18 +154,26 @@ class PermutohedralLattice:
                              "scale them down")
         radix = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
         code = ((keys - low) * radix).sum(-1)  # (N, d+1)
-        lattice_codes, vertex = torch.unique(code.flatten(), return_inverse=True)
+        # One stable sort gives the distinct lattice points, each entry's vertex id, and the splat matrix's CSR
+        # order (rows = vertices, columns = points, ascending within a row).
+        sorted_code, order = torch.sort(code.flatten(), stable=True)
+        first = torch.ones_like(sorted_code, dtype=torch.bool)
+        first[1:] = sorted_code[1:] != sorted_code[:-1]
+        lattice_codes = sorted_code[first]
         m = lattice_codes.numel()
         self.num_lattice_points = m
-        vertex = vertex.view(n, d1)
+        vertex_sorted = torch.cumsum(first, 0) - 1
+        vertex = torch.empty_like(vertex_sorted).scatter_(0, order, vertex_sorted).view(n, d1)
 
         # Splat (M, N) and slice (N, M): the same (vertex, point, weight) triples; the slice also carries the
         # amplitude (one factor per chain), so does the splat of the backward chain.
-        point = torch.arange(n, device=dev).repeat_interleave(d1)
         weight = bary.flatten().to(dtype)
         self.slice = torch.sparse_csr_tensor(torch.arange(0, n * d1 + 1, d1, device=dev), vertex.flatten(),
                                              weight * self.amplitude, size=(n, m), check_invariants=False)
-        self.splat = _csr(vertex.flatten(), point, weight, (m, n))
+        splat_rows = torch.zeros(m + 1, dtype=torch.long, device=dev)
+        splat_rows[1:] = torch.cumsum(torch.bincount(vertex_sorted, minlength=m), 0)
+        self.splat = torch.sparse_csr_tensor(splat_rows, order // d1, weight[order], size=(m, n),
+                                             check_invariants=False)
         splat_t = torch.sparse_csr_tensor(self.splat.crow_indices(), self.splat.col_indices(),
                                           self.splat.values() * self.amplitude, size=(m, n), check_invariants=False)
         slice_t = torch.sparse_csr_tensor(self.slice.crow_indices(), self.slice.col_indices(), weight, size=(n, m),
@@ -190,17 +189,23 @@ class PermutohedralLattice:
             if j < d:
                 offset[j] = d
             delta = int((offset * radix).sum())
-            rows, cols = [index], [index]
+            # Row i holds (i - u_j, i, i + u_j) where they exist: three candidate columns per row, sorted in place
+            # (a missing neighbour is column m, dropped), so the CSR needs no global sort.
+            columns, values = [index], [torch.full((m,), 0.5, device=dev, dtype=dtype)]
             for sign in (1, -1):
                 target = lattice_codes + sign * delta
                 found = torch.searchsorted(lattice_codes, target).clamp_max(m - 1)
-                exists = lattice_codes[found] == target
-                rows.append(index[exists])
-                cols.append(found[exists])
-                step[sign].append(torch.cat([torch.where(exists, found, m), found.new_full((1,), m)]))
-            values = torch.cat([torch.full((m,), 0.5, device=dev, dtype=dtype),
-                                torch.full((rows[1].numel() + rows[2].numel(),), 0.25, device=dev, dtype=dtype)])
-            self.blurs.append(_csr(torch.cat(rows), torch.cat(cols), values, (m, m)))
+                neighbour = torch.where(lattice_codes[found] == target, found, m)
+                step[sign].append(torch.cat([neighbour, found.new_full((1,), m)]))
+                columns.append(neighbour)
+                values.append(torch.full((m,), 0.25, device=dev, dtype=dtype))
+            columns, at = torch.sort(torch.stack(columns, 1), dim=1)
+            values = torch.stack(values, 1).gather(1, at)
+            kept = columns < m
+            blur_rows = torch.zeros(m + 1, dtype=torch.long, device=dev)
+            blur_rows[1:] = torch.cumsum(kept.sum(1), 0)
+            self.blurs.append(torch.sparse_csr_tensor(blur_rows, columns[kept], values[kept], size=(m, m),
+                                                      check_invariants=False))
         self.forward_chain = [self.splat, *self.blurs, self.slice]
         self.backward_chain = [splat_t, *reversed(self.blurs), slice_t]
 
@@ -217,19 +222,19 @@ class PermutohedralLattice:
             for mask in range(1, 2**d1):
                 last = mask.bit_length() - 1  # the walk's last direction, the last blur on its way
                 walk[mask] = step[sign][last][walk[mask ^ (1 << last)]]
-            reach[sign] = (walk[:, :m] < m).to(torch.float64).T  # (M, 2^(d+1))
-        reach = [reach[-1], reach[1]]
+            reach[sign] = (walk[:, :m] < m).to(torch.float64)  # (2^(d+1), M)
         quarter_minus = 0.25 ** size * 0.5 ** (d1 - size)  # -u_j along S, stay elsewhere
         quarter_plus = 0.25 ** (d1 - size) * 0.5**size  # +u_j along S's complement
-        table = reach[0] * quarter_minus + reach[1][:, (2**d1 - 1) ^ masks] * quarter_plus  # (M, 2^(d+1))
-        table[:, 0] += reach[0][:, 2**d1 - 1] * 0.25**d1  # offset 0 is also -Σ_all u_j: a third path
+        table = reach[-1] * quarter_minus[:, None] + reach[1][(2**d1 - 1) ^ masks] * quarter_plus[:, None]
+        table[0] += reach[-1][2**d1 - 1] * 0.25**d1  # offset 0 is also -Σ_all u_j: a third path
         # S(a, b) for b >= a: the coordinates ranked in (d - b, d - a]; for b < a the complement of S(b, a).
         by_rank = torch.argsort(rank, dim=1, descending=True)  # coordinate holding rank d, d-1, …, 0
         # at_least[:, a] = bits of the coordinates ranked above d - a (ranks d-a+1 … d): a bits.
-        at_least = torch.cat([rank.new_zeros(n, 1), torch.cumsum(1 << by_rank, 1)[:, :d]], 1)  # (N, d+1)
+        at_least = torch.cat([rank.new_zeros(n, 1), torch.cumsum(1 << by_rank, 1)[:, :d]], 1).int()  # (N, d+1)
         upper = (at_least[:, None, :] - at_least[:, :, None]).abs()  # (N, d+1, d+1): S(min, max)
         mask = torch.where(r[None, :] >= r[:, None], upper, (2**d1 - 1) ^ upper)  # S(a, b) per pair
-        between = table.flatten().take(vertex[:, :, None] * 2**d1 + mask)  # (N, d+1, d+1): B(v_b ← v_a)
+        # B(v_b ← v_a), (N, d+1, d+1): a point's 36 lookups read one row of the (M, 2^(d+1)) table.
+        between = table.T.contiguous().flatten().take(vertex[:, :, None] * 2**d1 + mask)
         pair = bary[:, :, None] * bary[:, None, :]
         self.self_weight = (self.amplitude * (pair * between).sum((1, 2))).to(dtype)  # (N,)
 

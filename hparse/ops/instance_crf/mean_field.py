@@ -43,10 +43,11 @@ def _instance_crf_single(Q: Tensor, boxes: Tensor, scores: Tensor, image: Tensor
         if labels_last:
             neg_unary = neg_unary.permute(1, 2, 0).contiguous().permute(2, 0, 1)
         probs = _softmax(neg_unary, labels_last)  # Q⁰ = softmax(-U)
+        w_app, w_smooth = (torch.as_tensor(w, dtype=Q.dtype, device=Q.device) for w in (w_app, w_smooth))
         for _ in range(opts.iters):
             app, smooth = messages(probs)
-            # Potts: Q_k(l) ∝ exp(-U_k(l) + Σ_m [w_app k_app + w_smooth k_smooth] Q_m(l)).
-            logits = neg_unary + w_app * app + w_smooth * smooth
+            # Potts: Q_k(l) ∝ exp(-U_k(l) + Σ_m [w_app k_app + w_smooth k_smooth] Q_m(l)); two fused passes.
+            logits = torch.addcmul(neg_unary, app, w_app).addcmul_(smooth, w_smooth)
             probs = _softmax(logits, labels_last)
     out = _softmax(logits, labels_last, log=log_probs)
     return out.contiguous() if labels_last else out
