@@ -62,9 +62,9 @@ Three ways to compute the pairwise messages (``method``):
   the appearance messages are off by 3-14% (normalised, 64-24 px) and 16-21% (unnormalised) in relative L2 norm
   (``tests/test_crf_lattice.py``), against < 1e-4 for the fast path at stride 1. After 5 iterations (64×64, D = 4,
   P = 19, normalised) mean |ΔQ| is 9e-5 and 0.1% of the arg-max labels differ from exact (max |ΔQ| 0.5 on a few
-  pixels). Speed, CPU, 5 iterations, D = 4, P = 20 (81 labels), against ``pydensecrf`` on the same problem
-  (``hparse/benchmarks/instance_crf.py``, ``vs_densecrf``; ``results/cpu/bench/instance_crf.json``):
-  LATTICE_NUMBERS
+  pixels). Its speed against ``pydensecrf`` on the same problem (5 iterations, D = 4, P = 20: 81 labels) is
+  measured by ``hparse bench instance_crf`` (``vs_densecrf``), recorded in ``results/<profile>/bench/instance_crf.json``
+  and shown in the Instance CRF chapter.
 """
 
 from __future__ import annotations
