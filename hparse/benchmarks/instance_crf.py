@@ -12,19 +12,21 @@ smooth noise) and jittered ground-truth boxes, so no trained network is needed. 
   iterations, without gradients. On a CPU every size runs once (a 512×512, D = 16 run takes minutes there); on a
   GPU the median of the profile's repeats after one warm-up run.
 - ``vs_densecrf``: ``method="lattice"`` and ``method="fast"`` against Krähenbühl's permutohedral-lattice dense CRF
-  (``pydensecrf``, the benchmark-only ``bench`` extra) on the same problem: a SynthCrowd image at 256×256 and
-  512×512 (smoke: 48×48), D = 4 boxes, P = 20 parts (81 labels), 5 iterations, the same unary (``-log`` of the
-  Instance CRF's unary probabilities, i.e. ``instance_crf(iters=0)``) and the same kernels (θα = 49, θβ = 5,
-  θγ = 3; ``addPairwiseGaussian(sxy=3, compat=3)``, ``addPairwiseBilateral(sxy=49, srgb=5, compat=4)``).
-  Wall time of each, once per size, with 1 and with 2 torch threads (``pydensecrf`` is single-threaded; it is
-  timed again in each setting, so every ratio compares runs made side by side), and the speed-up
-  ``densecrf_s / hparse_s``. Numerically, the hparse paths are compared with ``method="exact"`` at 64×64 (32×32
-  in smoke; exact stores N×N kernels, so not at full size) — max / mean |ΔQ| and the share of pixels whose
-  arg-max label differs — and with each other at full size (lattice against fast). ``pydensecrf``'s output is
-  *not* the same function: it normalises its kernels symmetrically (``1/sqrt(n_k n_m)``) and keeps the pixel's
-  own term, where the Instance CRF averages over m ≠ k, so only its arg-max agreement with the lattice path is
-  recorded, as a sanity check. Without ``pydensecrf`` the record says ``"densecrf": "not installed"``. The 1-minute
-  load average before and after is recorded: the CPU may be shared, so only ratios measured in one run count.
+  (``pydensecrf``, the benchmark-only ``bench`` extra) on the same problem: a SynthCrowd image at 256×256 and 512×512
+  (smoke: 48×48), D = 4 boxes, P = 20 parts (81 labels), 5 iterations, the same unary (``-log`` of the Instance CRF's
+  unary probabilities, i.e. ``instance_crf(iters=0)``) and the same kernels (θα = 49, θβ = 5, θγ = 3;
+  ``addPairwiseGaussian(sxy=3, compat=3)``, ``addPairwiseBilateral(sxy=49, srgb=5, compat=4)``). Wall time of each,
+  once per size, with 1 and with 2 torch threads (``pydensecrf`` is single-threaded; it is timed again in each
+  setting, so every ratio compares runs made side by side), and the speed-up ``densecrf_s / hparse_s``; ``breakdown``
+  splits each side's time: hparse's per-image build of the lattice path and one mean-field iteration's messages,
+  pydensecrf's setup (its two lattices) and its inference. Numerically, the hparse paths are compared with
+  ``method="exact"`` at 64×64 (32×32 in smoke; exact stores N×N kernels, so not at full size) — max / mean |ΔQ| and
+  the share of pixels whose arg-max label differs — and with each other at full size (lattice against fast).
+  ``pydensecrf``'s output is *not* the same function: it normalises its kernels symmetrically (``1/sqrt(n_k n_m)``)
+  and keeps the pixel's own term, where the Instance CRF averages over m ≠ k, so only its arg-max agreement with the
+  lattice path is recorded, as a sanity check. Without ``pydensecrf`` the record says ``"densecrf": "not installed"``.
+  The 1-minute load average before and after is recorded: the CPU may be shared, so only ratios measured in one run
+  count.
 
 :func:`simulated_inputs` is also what the Instance CRF chapter uses to build its inputs.
 """
@@ -42,7 +44,8 @@ import torch.nn.functional as F
 from ..data import SynthCrowd
 from ..engine.profiles import Profile
 from ..engine.results import write_result
-from ..ops.instance_crf import THETA_ALPHA, THETA_BETA, THETA_GAMMA, crf_channel, instance_crf
+from ..ops.instance_crf import THETA_ALPHA, THETA_BETA, THETA_GAMMA, CRFOptions, crf_channel, instance_crf
+from ..ops.instance_crf.kernels import message_kernels
 
 __all__ = ["simulated_inputs", "run", "SETTINGS"]
 
@@ -246,12 +249,36 @@ def _versus_inputs(side: int) -> tuple:
     return inputs["Q"], boxes[index], scores[index], sample["image"]
 
 
-def _densecrf_run(dcrf, unary, image_u8, side: int, labels: int):
+def _densecrf_setup(dcrf, unary, image_u8, side: int, labels: int):
+    """pydensecrf's model with its two lattices built (``addPairwise*`` builds them)."""
     crf = dcrf.DenseCRF2D(side, side, labels)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=THETA_GAMMA, compat=3)
     crf.addPairwiseBilateral(sxy=THETA_ALPHA, srgb=THETA_BETA, rgbim=image_u8, compat=4)
-    return crf.inference(ITERS)
+    return crf
+
+
+def _densecrf_run(dcrf, unary, image_u8, side: int, labels: int):
+    return _densecrf_setup(dcrf, unary, image_u8, side, labels).inference(ITERS)
+
+
+def _breakdown(args: tuple, dcrf, unary, image_u8, side: int, labels: int) -> dict:
+    """Where each side's time goes: hparse's per-image build (lattice, smoothness normaliser) and one iteration's
+    messages (Q labels-last, as the mean-field loop keeps it); pydensecrf's setup (its lattices) and inference."""
+    Q, _, _, image = args
+    cpu = torch.device("cpu")
+    options = CRFOptions(method="lattice")
+    out = {}
+    with torch.no_grad():
+        out["lattice_build_s"], messages = _timed(partial(message_kernels, image, options, torch.float32), cpu, 1,
+                                                  warmup=False)
+        probs = instance_crf(*args, iters=0, method="lattice").permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        out["lattice_messages_per_iteration_s"], _ = _timed(partial(messages, probs), cpu, 3, warmup=True)
+    if dcrf is not None:
+        out["densecrf_setup_s"], crf = _timed(partial(_densecrf_setup, dcrf, unary, image_u8, side, labels), cpu, 1,
+                                              warmup=False)
+        out["densecrf_inference_s"], _ = _timed(partial(crf.inference, ITERS), cpu, 1, warmup=False)
+    return out
 
 
 def _errors(approx: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -299,6 +326,7 @@ def _vs_densecrf(settings: dict) -> dict:
                 timing["speedup_lattice_vs_densecrf"] = timing["densecrf_s"] / timing["lattice_s"]
                 timing["speedup_fast_vs_densecrf"] = timing["densecrf_s"] / timing["fast_s"]
             timing["speedup_lattice_vs_fast"] = timing["fast_s"] / timing["lattice_s"]
+            timing["breakdown"] = _breakdown(args, dcrf, unary_np, image_u8, side, labels)
             row["threads"][str(threads)] = timing
         row["lattice_vs_fast"] = _errors(lattice, fast)
         if dcrf is not None:
