@@ -668,6 +668,10 @@ else:
     ax.set_ylabel("AP^r")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    ends = [levels[c]["APrvol"] for c in (min(levels, key=float), max(levels, key=float))]
+    display(Markdown(f"AP^r_vol goes from {100 * ends[0]:.1f}% at crowding {min(map(float, levels)):g} to "
+                     f"{100 * ends[1]:.1f}% at {max(map(float, levels)):g} (row `{crowd['metrics']['row']}`, seed "
+                     f"{crowd['metrics']['seed']}: one seed, so no spread to judge the steps between levels by)."))
 
 # %% [markdown]
 # ## Summary
