@@ -199,3 +199,15 @@ def test_read_saved_log(tmp_path):
     path.write_text('{"kind": "train", "step": 1, "loss": 2.0}\n{"kind": "eval", "step": 1, "mIoU": 0.1}\n')
     assert read_saved_log(path) == [{"kind": "train", "step": 1, "loss": 2.0}]
     assert read_saved_log(path, "eval")[0]["mIoU"] == 0.1 and read_saved_log(None) == []
+
+
+def test_starting_point_note_names_an_earlier_file_only():
+    from hparse.models.pretrain import pinned
+    from hparse.viz.topdown import starting_point_note
+
+    now = pinned("synthcrowd")
+    record = lambda weights: {"config": {"model": {"backbone_weights": weights}}}  # noqa: E731
+    assert starting_point_note([record(now), record(now)]) is None
+    assert starting_point_note([record(None), record("imagenet")]) is None
+    note = starting_point_note([record(now), record("synthcrowd@000000000000")])
+    assert "`synthcrowd@000000000000`" in note and f"`{now}`" in note and "--force" in note

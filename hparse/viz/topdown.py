@@ -40,7 +40,7 @@ from torchvision.ops.poolers import LevelMapper
 
 __all__ = ["fpn_levels", "level_histogram", "bilinear_label_crops", "module_cost", "nonlocal_attention",
            "ladder_records", "ladder_table", "ablation_table", "seed_stats", "change_verdicts", "percent",
-           "short_run_caveat", "read_saved_log", "saved_prediction_grid", "MarkdownTables"]
+           "short_run_caveat", "starting_point_note", "read_saved_log", "saved_prediction_grid", "MarkdownTables"]
 
 
 def fpn_levels(boxes: torch.Tensor, canonical_scale: int, k_min: int = 2, k_max: int = 5,
@@ -238,6 +238,23 @@ def short_run_caveat(profile: str, iterations: int, device: str, made_here: bool
             "where it exceeds the spread over seeds. The paper-sized comparison needs the gpu-profile run.")
 
 
+def starting_point_note(records: Sequence[dict]) -> str | None:
+    """A line saying that the records started from another SynthCrowd starting point than the file shipped now
+    (``backbone_weights`` pins the file, :func:`hparse.models.pretrain.pinned`), so rerunning the table's command
+    trains from the newer file and gives other numbers; ``None`` when they match or name no hparse file."""
+    from ..models.pretrain import is_hparse_weights, pinned, split_pinned
+
+    used = sorted({w for r in records if isinstance(w := ((r.get("config") or {}).get("model") or {})
+                                                      .get("backbone_weights"), str) and is_hparse_weights(w)})
+    stale = [w for w in used if w != pinned(split_pinned(w)[0])]
+    if not stale:
+        return None
+    now = ", ".join(sorted({pinned(split_pinned(w)[0]) for w in stale}))
+    return (f"These runs started from an earlier SynthCrowd starting point ({', '.join(f'`{w}`' for w in stale)}); "
+            f"this command now starts from `{now}`, the file shipped today, so rerunning it (with `--force`, "
+            "which replaces the records) gives numbers of the newer start.")
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -370,12 +387,13 @@ def ladder_table(ladder: dict, labels: dict[str, str], keys: Sequence[str] = ("m
     speed = ", ".join(f"{labels[r]} {stats[r]['mean']['train_images_per_s']:.1f}" for r in order
                       if stats[r]["mean"].get("train_images_per_s") is not None)
     caveat = short_run_caveat(first["profile"], iterations, device, made_here=ladder["source"] == "run")
+    start = starting_point_note([records[r] for r in order])
     made = "trained while this page was built" if ladder["source"] == "run" else "read from results/"
     return (f"Ours: SynthCrowd val, profile `{first['profile']}`, {iterations} iterations per rung, seeds {seeds}, "
             f"{device} ({made}); mean ± standard deviation over seeds, in %."
             + (f" Training images/s: {speed}." if speed else "") + "\n\n" + "\n".join(lines)
             + "\n\n" + _reproduce("hparse.experiments.parsing_rcnn_ladder", first["profile"], seeds)
-            + (f"\n\n{caveat}" if caveat else ""))
+            + (f". {start}" if start else "") + (f"\n\n{caveat}" if caveat else ""))
 
 
 def ablation_table(saved: dict, labels: dict[str, str],
@@ -410,6 +428,7 @@ def ablation_table(saved: dict, labels: dict[str, str],
     return (f"Ours: SynthCrowd val, profile `{saved['profile']}`, {iterations} iterations per variant, seeds {seeds}, "
             f"{device} ({made}); mean ± standard deviation over seeds, in %.\n\n" + "\n".join(lines)
             + "\n\n" + _reproduce("hparse.experiments.attention_ablation", saved["profile"], seeds)
+            + (f". {start}" if (start := starting_point_note(list(records.values()))) else "")
             + (f"\n\n{caveat}" if caveat else ""))
 
 
