@@ -67,6 +67,21 @@ def test_normalised_messages_of_a_constant_are_that_constant():
     torch.testing.assert_close(app[:, ~alone], Q[:, ~alone], atol=1e-4, rtol=0)
 
 
+def test_normalised_messages_divide_by_the_kernel_mass_as_exact():
+    """Normalising divides by Σ_{m≠k} k(k, m) (the kernel mass, as the exact path's row sums), not by the message's
+    own sum over labels: the two agree when Q sums to one, and the messages stay linear in Q when it does not."""
+    inputs, image = synthcrowd_case(24)
+    Q = inputs["Q"]
+    for method in ("exact", "lattice"):
+        app, smooth = pairwise_messages(Q, image, method=method)
+        app2, smooth2 = pairwise_messages(2 * Q, image, method=method)
+        torch.testing.assert_close(app2, 2 * app, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(smooth2, 2 * smooth, atol=1e-5, rtol=1e-5)
+    app, _ = pairwise_messages(Q, image, method="lattice")
+    has = app.sum(0) > 0
+    torch.testing.assert_close(app.sum(0)[has], torch.ones(int(has.sum())), atol=1e-4, rtol=0)
+
+
 def test_filter_gradcheck():
     """The filter is linear; its backward pass is the transposed chain (reversed blur order)."""
     g = torch.Generator().manual_seed(1)
