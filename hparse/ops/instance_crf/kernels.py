@@ -48,23 +48,23 @@ Three ways to compute the pairwise messages (``method``):
   pure smoothing. The normalised form gives every pixel the released weights whatever its neighbourhood
   (``tests/test_instance_crf.py::test_normalised_kernels_do_not_depend_on_kernel_mass``).
 - ``"lattice"``: the appearance kernel by the permutohedral lattice of Adams, Baek & Davis (the filter of
-  ``pydensecrf``; :mod:`.lattice`, where the feature scale, the amplitude and the own-term removal are derived):
-  the pixels' features f = (x/θα, y/θα, RGB/θβ) are splatted onto the vertices of their enclosing simplices in a
-  5-d lattice, blurred along its 6 directions and sliced back, three sparse matrices built once per image and
-  applied to all labels at once per iteration (cost ~ (12 N + 18 M)·L, M lattice points: 25 497 for a 256×256
-  SynthCrowd image). The pixel's own lattice contribution (the filter's exact diagonal) is subtracted, so the sum
-  runs over m ≠ k; normalised messages divide by their sum over labels, as the fast path; a pixel whose lattice
-  mass is almost all its own (a colour nothing else shares; float32 would leave round-off) gets no appearance
-  message. The smoothness kernel is the same truncated separable Gaussian as the fast path, computed as block
-  Toeplitz matrix products over labels-last (H, W, L) data instead of depthwise convolutions; the mean-field loop
-  keeps Q labels-last for this path (``labels_last``), so no iteration transposes it. Its error is the lattice's:
-  the kernel is ~28% low at Δf = 0 and ~10% high in the tail against ``exp(-|Δf|²/2)``, so on SynthCrowd crops
-  the appearance messages are off by 3-14% (normalised, 64-24 px) and 16-21% (unnormalised) in relative L2 norm
-  (``tests/test_crf_lattice.py``), against < 1e-4 for the fast path at stride 1. After 5 iterations (64×64, D = 4,
-  P = 19, normalised) mean |ΔQ| is 9e-5 and 0.1% of the arg-max labels differ from exact (max |ΔQ| 0.5 on a few
-  pixels). Its speed against ``pydensecrf`` on the same problem (5 iterations, D = 4, P = 20: 81 labels) is
-  measured by ``hparse bench instance_crf`` (``vs_densecrf``), recorded in ``results/<profile>/bench/instance_crf.json``
-  and shown in the Instance CRF chapter.
+  ``pydensecrf``; :mod:`.lattice`, where the feature scale, the amplitude and the own-term removal are derived): the
+  pixels' features f = (x/θα, y/θα, RGB/θβ) are splatted onto the vertices of their enclosing simplices in a 5-d
+  lattice, blurred along its 6 directions and sliced back, three sparse matrices built once per image and applied to
+  all labels at once per iteration (cost ~ (12 N + 18 M)·L, M lattice points: 25 497 for a 256×256 SynthCrowd image).
+  The pixel's own lattice contribution (the filter's exact diagonal) is subtracted, so the sum runs over m ≠ k;
+  normalised messages divide by the kernel mass Σ_{m≠k}, computed once per image (as exact); a pixel whose lattice
+  mass is almost all its own (a colour nothing else shares; float32 would leave round-off) gets no appearance message.
+  The smoothness kernel is the same truncated separable Gaussian as the fast path, computed as block Toeplitz matrix
+  products over labels-last (H, W, L) data instead of depthwise convolutions; the mean-field loop keeps Q labels-last
+  for this path (``labels_last``), so no iteration transposes it. Its error is the lattice's: the kernel is ~28% low
+  at Δf = 0 and ~10% high in the tail against ``exp(-|Δf|²/2)``, so on SynthCrowd crops the appearance messages are
+  off by 3-14% (normalised, 64-24 px) and 16-21% (unnormalised) in relative L2 norm (``tests/test_crf_lattice.py``),
+  against < 1e-4 for the fast path at stride 1. After 5 iterations (64×64, D = 4, P = 19, normalised) mean |ΔQ| is
+  9e-5 and 0.1% of the arg-max labels differ from exact (max |ΔQ| 0.5 on a few pixels). Its speed against
+  ``pydensecrf`` on the same problem (5 iterations, D = 4, P = 20: 81 labels) is measured by ``hparse bench
+  instance_crf`` (``vs_densecrf``), recorded in ``results/<profile>/bench/instance_crf.json`` and shown in the
+  Instance CRF chapter.
 """
 
 from __future__ import annotations
