@@ -54,6 +54,8 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
         raise FileNotFoundError(f"{start} does not exist: pretraining stage {stages[0]} starts from the backbone.pt "
                                 f"of the stage before it (run that stage first, or pass init=)")
     walls, parents = [], []
+    command = f"hparse pretrain --profile {profile.name} --stages {' '.join(map(str, stages))}" + (
+        f" --init {init}" if init is not None else "")
     for stage in stages:
         plan = pretrain_recipe(profile, stage)
         if iterations is not None:
@@ -66,7 +68,7 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
         start = out_dir / f"stage{stage}" / "backbone.pt"
         architecture = {k: v for k, v in plan["model"].items() if k != "supervision"}  # what the weights file fixes
         weights_meta = {**provenance(), "profile": profile.name, "config": config, "val_mIoU": metrics["mIoU"],
-                        "stages": parents, "command": f"hparse pretrain --profile {profile.name}"}
+                        "stages": parents, "command": command}
         save_pretrained(model, start, architecture, weights_meta)
     paths = [start]
     if install:
