@@ -476,7 +476,10 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 #    mostly to *background*, left and right legs collapse onto one side, and the small accessories (hat, glove,
 #    sunglasses, scarf) and the neck's torso skin are never predicted. Thin parts are a few pixels wide at 192
 #    pixels, one cell or less of P2, so features at stride 4 blur them into their surroundings; left and right need
-#    the person's orientation, which the model has not learned in 1000 steps.
+#    the person's orientation, which the model has not learned in 1000 steps. How much orientation alone costs is
+#    the last row of the first table: the same predictions scored with each left/right pair as one part. It is a large
+#    share of what keeps AP^p_50 near zero: a person's parsing counts at IoU 0.5 only if its parts' mean IoU reaches
+#    0.5, and arms, legs and shoes are up to six of a person's ten or so parts.
 # 6. **Larger images, nearly free.** The parsing branch runs on 32×32 RoIs whatever the person's size, and it is the
 #    largest share of a step (item 3: it costs more than the whole ResNet),
 #    so larger images cost a step little. They help where item 5 says the model fails: at 320 pixels a thin part is wider than a P2 cell and the
@@ -558,6 +561,9 @@ if breakdown is not None:
     for kind, what in (("own", "its own"), ("gt_boxes", "the ground-truth boxes")):
         lines.append(f"| {what} | " + " | ".join(percent(det[kind][k]) for k in ("mIoU", "APp50", "APpvol", "PCP50"))
                      + " |")
+    if "left_right_merged" in m:  # the same predictions, each left/right pair scored as one part
+        lines.append("| its own, left and right merged | " + " | ".join(
+            percent(m["left_right_merged"][k]) for k in ("mIoU", "APp50", "APpvol", "PCP50")) + " |")
     parts = sorted(m["confusion"].items(), key=lambda item: item[1]["itself"])
     lines += ["", "| part | pixels | predicted as itself | as background | as its mirror part | as another part |",
               "|---|---|---|---|---|---|"]

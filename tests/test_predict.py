@@ -316,8 +316,9 @@ def test_train_model_choices_come_from_the_recipes(monkeypatch, capsys):
 
 
 def test_error_breakdown_of_a_run(run, tmp_results):
-    """Own detections against ground-truth boxes, and every part's pixels split into itself / background / mirror /
-    other (shares of one whole); the record refuses to be replaced by another run's without force."""
+    """Own detections against ground-truth boxes, every part's pixels split into itself / background / mirror /
+    other (shares of one whole), the score with left and right merged; the record refuses to be replaced by another
+    run's without force."""
     from hparse.engine import load_result
     from hparse.engine.results import ResultConflictError
     from hparse.experiments.error_breakdown import KEYS, error_breakdown
@@ -332,7 +333,23 @@ def test_error_breakdown_of_a_run(run, tmp_results):
     for shares in metrics["confusion"].values():
         assert shares["pixels"] > 0
         assert sum(shares[k] for k in ("itself", "background", "mirror", "other")) == pytest.approx(1.0)
+    assert set(KEYS) <= set(metrics["left_right_merged"])
     record = load_result("parsing_rcnn/error_breakdown", "smoke", root=tmp_results)
     assert record["config"]["val_images"] == 2
     with pytest.raises(ResultConflictError):
         error_breakdown(run / "checkpoint.pt", val_images=3, device="cpu", profile="smoke")
+
+
+def test_merging_left_and_right():
+    """The second part of every flip pair becomes the first; every other label (and the ignore label) stays."""
+    from hparse.data import CIHP_LABELS
+    from hparse.experiments.error_breakdown import merge_left_right
+
+    pairs = CIHP_LABELS.flip_pairs
+    labels = torch.arange(CIHP_LABELS.num_classes)
+    merged = merge_left_right(labels, pairs)
+    for left, right in pairs:
+        assert merged[left] == left and merged[right] == left
+    kept = [c for c in range(CIHP_LABELS.num_classes) if c not in {right for _, right in pairs}]
+    assert torch.equal(merged[kept], labels[kept])
+    assert merge_left_right(torch.tensor([[255, 15]], dtype=torch.uint8), pairs).tolist() == [[255, 14]]

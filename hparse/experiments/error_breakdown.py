@@ -11,6 +11,9 @@ Two measurements on the SynthCrowd validation images a run was evaluated on, fro
   ``Right-arm``: the flip pairs of the label set) and as any other part. Thin parts lost to background and
   left/right swaps call for different remedies (resolution and features for the first, the person's orientation for
   the second).
+- **How much is left and right.** The same predictions scored once more with each flip pair merged into one part
+  (``Right-arm`` read as ``Left-arm``, in the prediction and the ground truth alike; AP^p, PCP and mIoU over the
+  merged label set): the rise over the plain score is what the model loses to the person's orientation alone.
 
 One record per run, ``results/<profile>/<method>/error_breakdown.json`` (``--record`` renames it)::
 
@@ -69,6 +72,25 @@ def _confusion_shares(confusion: torch.Tensor, names, flip_pairs) -> dict[str, d
     return out
 
 
+def merge_left_right(labels: torch.Tensor, flip_pairs) -> torch.Tensor:
+    """``labels`` (any shape, part ids) with the second part of every flip pair replaced by the first."""
+    lut = torch.arange(max(max(pair) for pair in flip_pairs) + 1, device=labels.device)
+    for left, right in flip_pairs:
+        lut[right] = left
+    out = labels.clone()
+    inside = (labels >= 0) & (labels < len(lut))
+    out[inside] = lut[labels[inside].long()].to(labels.dtype)
+    return out
+
+
+def _merged(pred: dict, sample: dict, flip_pairs) -> tuple[dict, dict]:
+    """A prediction and its ground truth with left and right merged (:func:`merge_left_right`)."""
+    pred = {**pred, "semantic": merge_left_right(pred["semantic"], flip_pairs),
+            "person_parts": merge_left_right(pred["person_parts"], flip_pairs)}
+    pred.pop("part_scores", None)  # per-class scores of the unmerged classes (AP^r only, not scored here)
+    return pred, {**sample, "semantic": merge_left_right(sample["semantic"], flip_pairs)}
+
+
 def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, device=None,
                     record: str | None = None, profile: str | None = None, write: bool = True,
                     force: bool = False) -> dict:
@@ -90,20 +112,24 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
                      max_people=int(config.get("max_people", 5)), seed=0)
     labels = val.labels
     evaluators = {"own": ParsingEvaluator(labels.num_classes), "gt_boxes": ParsingEvaluator(labels.num_classes)}
+    merged = ParsingEvaluator(labels.num_classes, metrics=("miou", "app"))
     confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.long)
     for index in range(len(val)):
         sample = val[index]
         image = sample["image"].to(device)
         own = _parse(model, image, None)
         evaluators["own"].update(own, sample)
+        merged.update(*_merged(own, sample, labels.flip_pairs))
         evaluators["gt_boxes"].update(_parse(model, image, sample["boxes"].to(device)), sample)
         target, pred = sample["semantic"], own["semantic"].cpu()
         keep = target != 255
         confusion += torch.bincount(target[keep] * labels.num_classes + pred[keep],
                                     minlength=labels.num_classes ** 2).view(labels.num_classes, -1)
     scores = {kind: ev.compute() for kind, ev in evaluators.items()}
+    merged_scores = merged.compute()
     metrics = {
         "detections": {kind: {key: s[key] for key in KEYS} for kind, s in scores.items()},
+        "left_right_merged": {key: merged_scores[key] for key in (*KEYS, "APp30")},
         "detector_cost": {key: scores["gt_boxes"][key] - scores["own"][key] for key in KEYS},
         "per_class_iou": {kind: dict(zip(labels.names, s["IoU"])) for kind, s in scores.items()},
         "confusion": _confusion_shares(confusion, labels.names, labels.flip_pairs),
@@ -136,7 +162,7 @@ def _main(argv: list[str] | None = None) -> None:
                                   profile=args.profile, force=args.force)
     except (ValueError, ResultConflictError) as error:
         raise SystemExit(f"error: {error}") from None
-    for kind, values in metrics["detections"].items():
+    for kind, values in {**metrics["detections"], "left/right merged": metrics["left_right_merged"]}.items():
         print(kind, {k: round(v, 4) for k, v in values.items()})
 
 
