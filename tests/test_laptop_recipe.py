@@ -188,6 +188,7 @@ def test_pretraining_stages_chain_and_supervise_each_level(tmp_path):
     assert out["weights"] == [str(tmp_path / "stage2" / "backbone.pt")]
     blob = torch.load(tmp_path / "stage2" / "backbone.pt", weights_only=True)
     assert [s["stage"] for s in blob["provenance"]["stages"]] == [1, 2]
+    assert blob["provenance"]["command"] == "hparse pretrain --profile smoke --stages 1 2 --iterations 1"
     assert blob["provenance"]["stages"][1]["init"] == str(tmp_path / "stage1" / "backbone.pt")
     with pytest.raises(FileNotFoundError, match="stage1"):
         pretrain_backbone(get_profile("smoke"), tmp_path / "other", iterations=1, stages=(2,), progress=False)

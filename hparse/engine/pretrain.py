@@ -54,8 +54,9 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
         raise FileNotFoundError(f"{start} does not exist: pretraining stage {stages[0]} starts from the backbone.pt "
                                 f"of the stage before it (run that stage first, or pass init=)")
     walls, parents = [], []
-    command = f"hparse pretrain --profile {profile.name} --stages {' '.join(map(str, stages))}" + (
-        f" --init {init}" if init is not None else "")
+    command = (f"hparse pretrain --profile {profile.name} --stages {' '.join(map(str, stages))}"
+               + (f" --init {init}" if init is not None else "")
+               + (f" --iterations {iterations}" if iterations is not None else ""))
     for stage in stages:
         plan = pretrain_recipe(profile, stage)
         if iterations is not None:
