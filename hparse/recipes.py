@@ -19,8 +19,9 @@ papers do with what a laptop has (:data:`LAPTOP`): they start the backbone from 
 a ResNet-FPN pretrained once by ``hparse pretrain`` on SynthCrowd part segmentation and shipped with the package
 (the ImageNet stand-in, :mod:`hparse.models.pretrain`; its batch norm frozen and its stem and first stage fixed, as
 torchvision does with ImageNet weights); the ResNet is narrowed to base width 24 with a 64-channel FPN, so that it
-trains at tens of images per second and its file stays small; Parsing R-CNN's branch gets GroupNorm (the paper is
-silent on it; the RoI-attention paper's branch has it); AdamW replaces SGD. Every paper component (PSS, ERR, GCE,
+trains at tens of images per second and its file stays small; AdamW replaces SGD. Parsing R-CNN's branch has no
+normalisation, as in the official code: GroupNorm there (32 groups, so 2 channels a group at the cpu width of 64)
+slowed the branch down (``results/cpu/parsing_rcnn/branch_probe_norm.json``). Every paper component (PSS, ERR, GCE,
 IPBC, the attention branch and its fusions) is still on and still a flag. The demo with these means:
 ``results/cpu/parsing_rcnn/demo.json`` (its held-out score: ``demo_heldout.json``).
 """
@@ -122,7 +123,7 @@ def parsing_rcnn_recipe(profile: Profile, dataset: str = "synth", **flags) -> di
     if profile.name == "gpu":
         model.update(parsing_batch=32)
     elif profile.name == "cpu":
-        model.update(parsing_batch=8, head_channels=64, gce_channels=64, head_norm="gn", box_batch_size_per_image=128,
+        model.update(parsing_batch=8, head_channels=64, gce_channels=64, box_batch_size_per_image=128,
                      box_representation_size=256, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
         _laptop(model, train)

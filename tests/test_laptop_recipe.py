@@ -234,3 +234,11 @@ def test_branch_probe_trains_the_branch_alone_on_frozen_features(tmp_path):
     assert torch.allclose(one_hot.sum(0), torch.ones_like(one_hot[0]))  # a distribution over the parts per cell
     with pytest.raises(ValueError, match="probe"):
         bp.probe_branch(profile, weights, "nonsense")
+
+    # head_norm replaces the recipe's normalisation of the branch, and only that
+    plain = bp._model(profile, weights)[0].parsing_head
+    grouped = bp._model(profile, weights, "gn")[0].parsing_head
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in grouped.modules())
+    convs = [[m.weight.shape for m in head.modules() if isinstance(m, torch.nn.Conv2d)] for head in (plain, grouped)]
+    assert convs[0] == convs[1]  # the same convolutions either way

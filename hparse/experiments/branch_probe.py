@@ -18,6 +18,9 @@ alignment bound of :mod:`hparse.experiments.roi_alignment`).
 
     python -m hparse.experiments.branch_probe --profile cpu \\
         --weights stage1=runs/pretrain_cpu/stage1/backbone.pt stage2=hparse/weights/synthcrowd_resnet18_w24.pt
+
+``--head-norms none gn`` trains the whole branch once with each normalisation (the GroupNorm question of
+:mod:`hparse.models.heads.parsing_head`; ``--record parsing_rcnn/branch_probe_norm``).
 """
 
 from __future__ import annotations
@@ -40,12 +43,16 @@ from ..models.targets import parsing_loss, parsing_targets
 __all__ = ["probe_branch", "PROBES"]
 
 PROBES = ("branch", "linear", "linear_semantic")
+RECIPE = "recipe"  # head_norm: the demo recipe's own
+HEAD_NORMS = {"recipe": RECIPE, "none": None, "gn": "gn"}  # --head-norms names -> ParsingRCNN(head_norm=...)
 
 
-def _model(profile: Profile, weights: str | Path | None):
+def _model(profile: Profile, weights: str | Path | None, head_norm: str | None = RECIPE):
     from ..recipes import demo_recipe
 
     plan = demo_recipe(profile)
+    if head_norm != RECIPE:
+        plan["model"]["head_norm"] = head_norm
     model = build_model("parsing_rcnn", 20, **{**plan["model"], "backbone_weights": None})
     if weights not in (None, "perfect"):
         blob = torch.load(weights, map_location="cpu", weights_only=True)
@@ -94,14 +101,16 @@ def _batch(model, items, jitter: float, semantic_targets: bool):
 
 
 def probe_branch(profile: Profile, weights: str | Path | None, probe: str = "branch", *, steps: int = 300,
-                 batch_size: int = 4, train_images: int = 400, val_images: int = 40, eval_at=(25, 100, 200, 300),
-                 seed: int = 0, return_model: bool = False) -> dict:
+                 batch_size: int = 4, train_images: int = 400, val_images: int = 40,
+                 eval_at=(25, 100, 200, 300, 500, 750, 1000), seed: int = 0, head_norm: str | None = RECIPE,
+                 return_model: bool = False) -> dict:
     """Train one probe on frozen features; returns ``{"curve": [(step, RoI mIoU)], "mIoU", "per_class_iou", ...}``
-    (and the trained ``"model"`` with ``return_model``)."""
+    (and the trained ``"model"`` with ``return_model``). ``head_norm`` replaces the recipe's normalisation of the
+    branch (``None`` or ``"gn"``, :func:`hparse.models.heads.parsing_head.norm_layer`)."""
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     seed_everything(seed)
-    model, plan = _model(profile, weights)
+    model, plan = _model(profile, weights, head_norm)
     if probe != "branch":  # the predictor straight on the pooled RoI
         from ..models.heads.parsing_head import ParsingPredictor
 
@@ -154,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", nargs="+", required=True,
                         help="NAME=FILE starting points (backbone.pt files of hparse pretrain), or NAME=perfect")
     parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
+    parser.add_argument("--head-norms", nargs="+", default=["recipe"], choices=list(HEAD_NORMS),
+                        help="the branch's normalisation: the recipe's, none or GroupNorm (one row each)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--record", default="parsing_rcnn/branch_probe")
     parser.add_argument("--force", action="store_true")
@@ -165,11 +176,14 @@ def main(argv=None) -> int:
         for probe in args.probes:
             if path == "perfect" and probe != "branch":
                 continue
-            result = probe_branch(profile, path, probe, steps=args.steps)
-            rows[f"{name}/{probe}"] = {**result, "weights": path, "weights_sha256": _digest(path)}
-            print(f"{name:>10} {probe:<16} RoI mIoU {result['mIoU']:.3f}  curve {result['curve']}", flush=True)
+            for norm in args.head_norms if probe == "branch" else ["recipe"]:
+                result = probe_branch(profile, path, probe, steps=args.steps, head_norm=HEAD_NORMS[norm])
+                row = f"{name}/{probe}" + ("" if norm == "recipe" else f"/{norm}")
+                rows[row] = {**result, "weights": path, "weights_sha256": _digest(path), "head_norm": norm}
+                print(f"{row:>24} RoI mIoU {result['mIoU']:.3f}  curve {result['curve']}", flush=True)
     write_result(args.record, {"rows": rows}, profile=profile.name,
-                 config={"weights": args.weights, "probes": args.probes, "steps": args.steps},
+                 config={"weights": args.weights, "probes": args.probes, "steps": args.steps,
+                         "head_norms": args.head_norms},
                  wall_time_s=time.perf_counter() - started, force=args.force,
                  notes="the parsing branch alone on frozen features and true boxes (hparse.experiments.branch_probe)")
     return 0
