@@ -453,7 +453,7 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 #    cpu recipe starts from **`backbone_weights="synthcrowd"`**, a ResNet-18 (base width 24, a 64-channel FPN) that
 #    `hparse pretrain` trained once on SynthCrowd part segmentation (images of a seed no recipe uses) and that ships
 #    with the package (3.5 MB); its batch norm is frozen, as with ImageNet weights. The narrow width is what lets it
-#    train at tens of images per second; GroupNorm in the parsing branch and AdamW do the rest.
+#    train at tens of images per second; AdamW does the rest.
 # 2. **Where RoIAlign samples.** torchvision's `MultiScaleRoIAlign` pools with `aligned=False`: every cell is read
 #    half a feature cell away from where the targets are cut and where the paste writes it back. With *perfect*
 #    features (each person's one-hot part map) the table below is the best any parsing branch could do through the
@@ -471,10 +471,10 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 #    missed -- but PSS makes P2 the only level the parsing branch reads. The shipped file is now fine-tuned with one
 #    loss per level (`hparse pretrain`, stage 2), and P2's read-out and the branch both learn faster from it.
 # 5. **What the trained demo still gets wrong** (`hparse.experiments.error_breakdown`, the last table of this
-#    section): given the ground-truth boxes instead of its own detections, the demo model gains about one point of
+#    section): given the ground-truth boxes instead of its own detections, the demo model gains a point or two of
 #    mIoU, so the detector is not what keeps it low. The errors are in the parts: thin parts (arms, shoes, socks) go
-#    mostly to *background*, left and right legs collapse onto one side, and the small accessories (hat, glove,
-#    sunglasses, scarf) and the neck's torso skin are never predicted. Thin parts are a few pixels wide at 192
+#    mostly to *background*, left and right legs are often swapped, and the small accessories (glove, sunglasses,
+#    scarf) are never predicted, hats rarely. Thin parts are a few pixels wide at 192
 #    pixels, one cell or less of P2, so features at stride 4 blur them into their surroundings; left and right need
 #    the person's orientation, which the model has not learned in 1000 steps. How much orientation alone costs is
 #    the last row of the first table: the same predictions scored with each left/right pair as one part. It is a large
@@ -486,6 +486,12 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 #    ceiling of perfect features through RoIAlign rises (first table below, both sizes). The demo therefore runs
 #    at 320 pixels (`hparse.recipes.demo_recipe`); the demo table below keeps the earlier record at 192 pixels (the
 #    same recipe otherwise, seed 0) beside it.
+# 7. **No normalisation in the branch.** The cpu recipe once put GroupNorm after every convolution of the parsing
+#    branch, the RoI attention paper's choice, to help ten ReLU convolutions learn from random weights. GroupNorm's
+#    32 groups are groups of *two* channels at the laptop's width of 64, and the branch probe says they slowed the
+#    branch down: trained alone on the shipped file's features, the branch without them is ahead at every step (the
+#    second probe table below). The recipe now has none, as in Parsing R-CNN's official code; the demo table below
+#    shows what the change did to the whole model.
 
 # %% tags=["hide-input"]
 from hparse.engine.results import find_results
@@ -521,9 +527,26 @@ if probe is not None:
                      + " | ".join(percent(curve.get(s)) for s in steps) + " |")
     display(MarkdownTables(
         "RoI part mIoU (%) of the parsing branch trained alone on frozen features and true boxes, on the people of "
-        "40 SynthCrowd val images (`results/cpu/parsing_rcnn/branch_probe.json`):\n\n" + "\n".join(table)
+        "40 SynthCrowd val images (`results/cpu/parsing_rcnn/branch_probe.json`; the branch had GroupNorm, the "
+        "recipe of the time):\n\n" + "\n".join(table)
         + "\n\nReproduce: `python -m hparse.experiments.branch_probe --profile cpu --weights stage1=FILE "
         "stage2=hparse/weights/synthcrowd_resnet18_w24.pt perfect=perfect --probes branch linear_semantic`"))
+norms = find_results("parsing_rcnn/branch_probe_norm", profiles=("cpu",))
+if norms is not None:
+    rows = norms["metrics"]["rows"]
+    what = {"none": "none (the recipe, the official code)", "gn": "GroupNorm, 32 groups of 2 channels"}
+    steps = sorted({step for row in rows.values() for step, _ in row["curve"]})
+    table = ["| branch normalisation | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for row in rows.values():
+        curve = dict(row["curve"])
+        table.append(f"| {what.get(row['head_norm'], row['head_norm'])} | "
+                     + " | ".join(percent(curve.get(s)) for s in steps) + " |")
+    display(MarkdownTables(
+        "RoI part mIoU (%) of the whole parsing branch on the shipped file's frozen features, with and without "
+        "GroupNorm (seed 0; `results/cpu/parsing_rcnn/branch_probe_norm.json`):\n\n" + "\n".join(table)
+        + "\n\nReproduce: `python -m hparse.experiments.branch_probe --profile cpu --weights "
+        "stage2=hparse/weights/synthcrowd_resnet18_w24.pt --probes branch --head-norms none gn --steps 1000 "
+        "--record parsing_rcnn/branch_probe_norm`"))
 pretrain = find_results("pretrain/synthcrowd", profiles=("cpu",))
 if pretrain is not None:
     stages = pretrain["metrics"].get("stages") or [{"stage": 1, "iterations": pretrain["metrics"]["iterations"]}]
@@ -536,8 +559,10 @@ if pretrain is not None:
 TARGET = {"mIoU": 0.40, "APp50": 0.30, "APpvol": 0.30}
 rows = ["| run | steps | mIoU | AP^p_50 | AP^p_vol | PCP_50 | file |", "|---|---|---|---|---|---|---|"]
 for name, what in (("demo_from_scratch", "from random weights (the first demo)"),
-                   ("demo_192px", "the cpu recipe at 192 pixels (before the demo moved to 320), seed 0"),
-                   ("demo", "the cpu recipe (SynthCrowd starting point), seed 0"),
+                   ("demo_192px", "the cpu recipe at 192 pixels (before the demo moved to 320; GroupNorm), seed 0"),
+                   ("demo_gn", "320 pixels, GroupNorm in the parsing branch (before item 7), seed 0"),
+                   ("demo_gn_seed1", "the same, seed 1"),
+                   ("demo", "the cpu recipe (SynthCrowd starting point, no normalisation in the branch), seed 0"),
                    ("demo_seed1", "the same recipe, seed 1 (the spread between seeds)"),
                    ("demo_heldout", "the seed-0 model on held-out SynthCrowd images")):
     record = find_results(f"parsing_rcnn/{name}", profiles=("cpu",))
