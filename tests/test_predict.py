@@ -353,3 +353,36 @@ def test_merging_left_and_right():
     kept = [c for c in range(CIHP_LABELS.num_classes) if c not in {right for _, right in pairs}]
     assert torch.equal(merged[kept], labels[kept])
     assert merge_left_right(torch.tensor([[255, 15]], dtype=torch.uint8), pairs).tolist() == [[255, 14]]
+
+
+def test_person_breakdown_sorts_zero_iou_classes():
+    """One person, four classes (hair, face, upper clothes, pants) and background. The prediction gets hair and face
+    exactly, adds a hat (spurious), leaves the pants out (missed) and puts the upper clothes where none are
+    (misplaced): its mean IoU over background, hair, face, clothes, pants and hat is (IoU_bg + 1 + 1 + 0 + 0 + 0) / 6,
+    below 0.5; without the three zero classes it is at least 2/3."""
+    from hparse.data import CIHP_LABELS
+    from hparse.experiments.error_breakdown import person_breakdown
+
+    semantic = torch.zeros(8, 8, dtype=torch.long)
+    semantic[0:2, 2:6], semantic[2:4, 2:6], semantic[4:6, 2:4], semantic[6:8, 2:6] = 2, 13, 5, 9
+    instances = (semantic > 0).long()
+    pred = semantic.clone()
+    pred[6:8, 2:6] = 0  # pants missed
+    pred[4:6, 2:4] = 0
+    pred[4:6, 0:2] = 5  # upper clothes off the person: misplaced
+    pred[0, 0] = 1  # a hat pixel on background: spurious
+    # background IoU: pred background = 64 - 21 = 43 pixels, gt background = 64 - 28 = 36, overlap 36 - 5 = 31
+    out = person_breakdown([{"person_parts": pred[None]}], [{"semantic": semantic, "instances": instances}],
+                           CIHP_LABELS.names)
+    assert out["persons"] == 1
+    zero = out["zero_iou"]
+    assert zero["Hat"] == {"present": 1, "spurious": 1, "missed": 0, "misplaced": 0}
+    assert zero["Pants"] == {"present": 1, "spurious": 0, "missed": 1, "misplaced": 0}
+    assert zero["Upper-clothes"] == {"present": 1, "spurious": 0, "missed": 0, "misplaced": 1}
+    assert zero["Hair"]["present"] == 1 and zero["Hair"]["spurious"] + zero["Hair"]["missed"] == 0
+    background = 31 / (43 + 36 - 31)
+    assert out["median_best_iou"] == pytest.approx((background + 2) / 6)
+    assert out["share_at_50"] == 0.0
+    assert out["share_at_50_without_spurious"] == (1.0 if (background + 2) / 5 >= 0.5 else 0.0)
+    assert out["share_at_50_without_zero_classes"] == 1.0
+    assert out["spurious_per_person"] == 1.0 and out["missed_per_person"] == 1.0

@@ -11,6 +11,13 @@ Two measurements on the SynthCrowd validation images a run was evaluated on, fro
   ``Right-arm``: the flip pairs of the label set) and as any other part. Thin parts lost to background and
   left/right swaps call for different remedies (resolution and features for the first, the person's orientation for
   the second).
+- **Why a person misses IoU 0.5.** AP^p counts a person found at threshold t when a prediction's mean part IoU with
+  them (the mean over the classes in either map, background included) reaches t. For every ground-truth person the
+  best prediction's mean IoU is kept (its share at >= 0.5 bounds AP^p_50's recall), and each class that enters that
+  mean with IoU 0 is sorted into *spurious* (predicted on the person, absent from them), *missed* (on the person,
+  not predicted) or *misplaced* (both, no overlap; a left/right swap makes both parts of its pair misplaced): one such class among a person's ten or so pulls the mean down by
+  a tenth. The counterfactual shares at >= 0.5 with the spurious, or all zero-IoU, classes left out of the mean say
+  how much of AP^p_50 each kind of error holds.
 - **How much is left and right.** The same predictions scored once more with each flip pair merged into one part
   (``Right-arm`` read as ``Left-arm``, in the prediction and the ground truth alike; AP^p, PCP and mIoU over the
   merged label set): the rise over the plain score is what the model loses to the person's orientation alone.
@@ -34,8 +41,10 @@ from ..engine.checkpoint import load_model
 from ..engine.profiles import get_device, get_profile
 from ..engine.results import ResultConflictError, write_result
 from ..metrics import ParsingEvaluator
+from ..metrics.painting import person_pixels
+from ..metrics.part_ap import person_part_iou
 
-__all__ = ["error_breakdown", "KEYS"]
+__all__ = ["error_breakdown", "person_breakdown", "PersonBreakdown", "KEYS"]
 
 #: The evaluator's numbers kept for both kinds of detections.
 KEYS = ("mIoU", "APp50", "APpvol", "PCP50")
@@ -53,6 +62,78 @@ def _parse(model, image: torch.Tensor, boxes: torch.Tensor | None) -> dict:
     detections = [{"boxes": boxes.float() * scale, "scores": torch.ones(len(boxes), device=image.device),
                    "labels": torch.ones(len(boxes), dtype=torch.long, device=image.device)}]
     return model.branch_predict(features, detections, sizes, [tuple(image.shape[-2:])])[0]
+
+
+class PersonBreakdown:
+    """Accumulates, per ground-truth person, the best prediction's mean part IoU and its zero-IoU classes.
+
+    ``update(pred, sample)`` takes one image's prediction (``person_parts`` (D, H, W)) and its ground truth;
+    ``compute()`` returns ``{"persons", "median_best_iou", "share_at_50", "share_at_50_without_spurious",
+    "share_at_50_without_zero_classes", "zero_iou": {class: {"present", "spurious", "missed", "misplaced"}},
+    "spurious_per_person", "missed_per_person"}`` (``present``: persons whose best prediction or ground truth has the
+    class; the other three count those where its IoU is 0, by kind, see the module docstring).
+    """
+
+    def __init__(self, names):
+        self.names = list(names)
+        self.best, self.class_iou, self.spurious, self.missed = [], [], [], []
+
+    def update(self, pred: dict, sample: dict) -> None:
+        n = len(self.names)
+        semantic, instances = sample["semantic"].cpu(), sample["instances"].cpu()
+        num_gt = int(instances.max()) if instances.numel() else 0
+        parts = pred["person_parts"].cpu()
+        if num_gt == 0:
+            return
+        if len(parts) == 0:  # nobody predicted: every person's best mean IoU is 0 (a miss at every threshold)
+            parts = torch.zeros(1, *semantic.shape, dtype=torch.long)
+        iou = person_part_iou(person_pixels(parts), semantic, instances, num_gt, n)
+        for g in range(num_gt):
+            column = torch.nan_to_num(torch.as_tensor(iou.mean_iou[:, g]), nan=-1.0)
+            d = int(column.argmax())
+            gt_map = torch.where(instances == g + 1, semantic, torch.zeros_like(semantic))
+            gt_area = torch.bincount(gt_map[gt_map < n].flatten().long(), minlength=n)
+            pred_area = torch.bincount(parts[d].flatten().long().clamp(0, n - 1), minlength=n)
+            self.best.append(float(max(column[d], 0.0)))
+            self.class_iou.append(torch.as_tensor(iou.class_iou[d, g]))
+            self.spurious.append((pred_area > 0) & (gt_area == 0))
+            self.missed.append((gt_area > 0) & (pred_area == 0))
+
+    def compute(self) -> dict:
+        if not self.best:
+            return {"persons": 0}
+        best = torch.tensor(self.best)
+        ious = torch.stack(self.class_iou).float()  # (persons, n), NaN where the class is in neither map
+        spurious, missed = torch.stack(self.spurious), torch.stack(self.missed)
+        present = ~ious.isnan()
+        zero = present & (ious == 0)
+
+        def share_without(drop: torch.Tensor) -> float:
+            kept = present & ~drop
+            mean = torch.where(kept, ious, torch.zeros_like(ious)).sum(1) / kept.sum(1).clamp(min=1)
+            return float((mean >= 0.5).float().mean())
+
+        zero_iou = {}
+        for c, name in enumerate(self.names[1:], start=1):
+            if present[:, c].any():
+                zero_iou[name] = {"present": int(present[:, c].sum()), "spurious": int((zero & spurious)[:, c].sum()),
+                                  "missed": int((zero & missed)[:, c].sum()),
+                                  "misplaced": int((zero & ~spurious & ~missed)[:, c].sum())}
+        return {"persons": len(best), "median_best_iou": float(best.median()),
+                "share_at_50": float((best >= 0.5).float().mean()),
+                "share_at_50_without_spurious": share_without(spurious),
+                "share_at_50_without_zero_classes": share_without(zero),
+                "zero_iou": zero_iou,
+                "spurious_per_person": float(spurious[:, 1:].sum(1).float().mean()),
+                "missed_per_person": float(missed[:, 1:].sum(1).float().mean())}
+
+
+def person_breakdown(predictions, samples, names) -> dict:
+    """:class:`PersonBreakdown` over paired predictions and samples (a convenience for tests and notebooks)."""
+    acc = PersonBreakdown(names)
+    for pred, sample in zip(predictions, samples):
+        acc.update(pred, sample)
+    return acc.compute()
 
 
 def _confusion_shares(confusion: torch.Tensor, names, flip_pairs) -> dict[str, dict]:
@@ -113,6 +194,7 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
     labels = val.labels
     evaluators = {"own": ParsingEvaluator(labels.num_classes), "gt_boxes": ParsingEvaluator(labels.num_classes)}
     merged = ParsingEvaluator(labels.num_classes, metrics=("miou", "app"))
+    persons = PersonBreakdown(labels.names)
     confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.long)
     for index in range(len(val)):
         sample = val[index]
@@ -120,6 +202,7 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
         own = _parse(model, image, None)
         evaluators["own"].update(own, sample)
         merged.update(*_merged(own, sample, labels.flip_pairs))
+        persons.update(own, sample)
         evaluators["gt_boxes"].update(_parse(model, image, sample["boxes"].to(device)), sample)
         target, pred = sample["semantic"], own["semantic"].cpu()
         keep = target != 255
@@ -133,6 +216,7 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
         "detector_cost": {key: scores["gt_boxes"][key] - scores["own"][key] for key in KEYS},
         "per_class_iou": {kind: dict(zip(labels.names, s["IoU"])) for kind, s in scores.items()},
         "confusion": _confusion_shares(confusion, labels.names, labels.flip_pairs),
+        "persons": persons.compute(),
         "num_images": len(val),
     }
     if write:
