@@ -15,9 +15,9 @@ Two measurements on the SynthCrowd validation images a run was evaluated on, fro
   them (the mean over the classes in either map, background included) reaches t. For every ground-truth person the
   best prediction's mean IoU is kept (its share at >= 0.5 bounds AP^p_50's recall), and each class that enters that
   mean with IoU 0 is sorted into *spurious* (predicted on the person, absent from them), *missed* (on the person,
-  not predicted) or *misplaced* (both, no overlap; a left/right swap makes both parts of its pair misplaced): one such class among a person's ten or so pulls the mean down by
-  a tenth. The counterfactual shares at >= 0.5 with the spurious, or all zero-IoU, classes left out of the mean say
-  how much of AP^p_50 each kind of error holds.
+  not predicted) or *misplaced* (both, no overlap; a left/right swap makes both parts of its pair misplaced): one
+  such class among a person's ten or so pulls the mean down by a tenth. The counterfactual shares at >= 0.5 with the
+  spurious, or all zero-IoU, classes left out of the mean say how much of AP^p_50 each kind of error holds.
 - **How much is left and right.** The same predictions scored once more with each flip pair merged into one part
   (``Right-arm`` read as ``Left-arm``, in the prediction and the ground truth alike; AP^p, PCP and mIoU over the
   merged label set): the rise over the plain score is what the model loses to the person's orientation alone.
