@@ -499,7 +499,7 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 
 # %% tags=["hide-input"]
 from hparse.engine.results import find_results
-from hparse.experiments.runner import saved_artefacts
+from hparse.experiments.runner import saved_artefacts, summarise
 from hparse.viz.topdown import percent
 from hparse.viz.training import learning_curves, prediction_panels
 
@@ -568,6 +568,7 @@ for name, what in (("demo_from_scratch", "from random weights (the first demo)")
                    ("demo_gn_seed1", "the same, seed 1"),
                    ("demo", "the cpu recipe (SynthCrowd starting point, no normalisation in the branch), seed 0"),
                    ("demo_seed1", "the same recipe, seed 1 (the spread between seeds)"),
+                   ("demo_seed2", "the same recipe, seed 2"),
                    ("demo_heldout", "the seed-0 model on held-out SynthCrowd images")):
     record = find_results(f"parsing_rcnn/{name}", profiles=("cpu",))
     if record is None:
@@ -576,10 +577,17 @@ for name, what in (("demo_from_scratch", "from random weights (the first demo)")
     steps = m.get("iterations") or record["config"].get("step", "")
     rows.append(f"| {what} | {steps} | " + " | ".join(percent(m.get(k)) for k in ("mIoU", "APp50", "APpvol", "PCP50"))
                 + f" | `results/cpu/parsing_rcnn/{name}.json` |")
+    if name == "demo_seed2":  # the recipe's seeds together: mean ± sample standard deviation
+        seeds = [find_results(f"parsing_rcnn/{n}", profiles=("cpu",)) for n in ("demo", "demo_seed1", "demo_seed2")]
+        spread = summarise({k: r["metrics"] for k, r in enumerate(seeds) if r is not None})
+        rows.append("| the cpu recipe, mean ± std over seeds 0-2 | | " + " | ".join(
+            f"{100 * spread['mean'][k]:.1f} ± {100 * spread['std'][k]:.1f}"
+            for k in ("mIoU", "APp50", "APpvol", "PCP50")) + " | |")
 rows.append("| the laptop recipe's target | | " + " | ".join(f"{100 * TARGET[k]:.0f}" for k in TARGET) + " | | |")
 display(MarkdownTables("`hparse demo` at the cpu profile on SynthCrowd (%):\n\n" + "\n".join(rows)
                        + "\n\nReproduce: `hparse demo --profile cpu` (add `--record parsing_rcnn/demo` to write "
-                       "the record; `--seed 1 --record parsing_rcnn/demo_seed1` for the second seed)"))
+                       "the record; `--seed 1 --out runs/demo_cpu_s1 --record parsing_rcnn/demo_seed1` for the second "
+                       "seed, likewise seed 2)"))
 
 # %% tags=["hide-input"]
 breakdown = find_results("parsing_rcnn/demo_error_breakdown", profiles=("cpu",))
