@@ -122,6 +122,11 @@ _positive_float = _number(float, above=0)
 _finite_float = _number(float)
 
 
+def _scale_factors(text: str) -> tuple[float, ...]:
+    """An argparse ``type``: comma-separated positive scale factors, e.g. ``0.75,1.25``."""
+    return tuple(_positive_float(part) for part in text.split(",") if part.strip())
+
+
 def _fraction(text: str) -> float:
     """An argparse ``type``: a number in [0, 1]."""
     value = _finite_float(text)
@@ -318,6 +323,9 @@ def _cmd_evaluate(args) -> int:
                         "--allow-raw-scores to score raw, unbounded scores")
     if args.checkpoint is not None:
         return _evaluate_checkpoint(args)
+    if args.test_flip or args.test_scales:
+        raise UserError("--test-flip and --test-scales change how a model parses: use them with --checkpoint (a "
+                        "prediction folder is scored as it is)")
     if args.pred is None or args.gt is None or args.dataset is None:
         raise UserError("evaluate needs --pred, --gt and --dataset (prediction folder mode) or --checkpoint "
                         "(model mode)")
@@ -356,7 +364,8 @@ def _evaluate_checkpoint(args) -> int:
     profile, device = _profile(args), _device(args.device)
     result = evaluate_checkpoint(args.checkpoint, profile, device=device, dataset=args.dataset, gt=args.gt,
                                  split=args.split, num=args.num, seed=args.seed, record=args.record, force=args.force,
-                                 json_path=args.json, evaluator_mode=_evaluator_mode(args))
+                                 json_path=args.json, evaluator_mode=_evaluator_mode(args),
+                                 test_time={"test_flip": args.test_flip, "test_scales": tuple(args.test_scales or ())})
     metrics = result["metrics"]
     print(f"{args.checkpoint} (step {result['step']}) on {result['dataset']} {args.split}: "
           f"{metrics['num_images']} images, {metrics['num_gt_persons']} GT persons, "
@@ -568,7 +577,8 @@ def _cmd_predict(args) -> int:
     files, missing = _image_files(args.inputs, "predict")
     device = _device(args.device)
     check_out_dir(args.out)
-    predictor = Predictor.load(args.checkpoint, size=args.size, device=device, batch_size=args.batch_size)
+    predictor = Predictor.load(args.checkpoint, size=args.size, device=device, batch_size=args.batch_size,
+                               test_flip=args.test_flip, test_scales=tuple(args.test_scales or ()))
     seen = "its own size" if predictor.side is None else \
         f"shorter side {predictor.side}{f', longer at most {predictor.max_side}' if predictor.max_side else ''}"
     print(f"parsing {len(files)} image{'s' * (len(files) != 1)} with {predictor.name} ({predictor.source}; "
@@ -678,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "the val split has the profile's val_images by default)")
     model_mode.add_argument("--seed", type=_nonnegative_int, default=0, help="SynthCrowd seed (synth only)")
     model_mode.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    model_mode.add_argument("--test-flip", action="store_true", help="Parsing R-CNN: average the parsing with the "
+                            "mirrored image's (test-time augmentation, the paper's Table 8 †)")
+    model_mode.add_argument("--test-scales", type=_scale_factors, default=None, metavar="F1,F2",
+                            help="Parsing R-CNN: also average the parsing of the image resized by each factor "
+                            "(e.g. 0.75,1.25)")
     _add_record(model_mode, "the metrics")
     _add_profile(model_mode)
     _add_debug(evaluate)
@@ -767,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--size", type=_positive_int, default=None, metavar="S",
                          help="shorter side of the image the model sees (default: the checkpoint's recipe)")
     predict.add_argument("--batch-size", type=_positive_int, default=2, help="images per forward pass (default: 2)")
+    predict.add_argument("--test-flip", action="store_true", help="Parsing R-CNN: average the parsing with the "
+                         "mirrored image's (test-time augmentation, the paper's Table 8 †)")
+    predict.add_argument("--test-scales", type=_scale_factors, default=None, metavar="F1,F2",
+                         help="Parsing R-CNN: also average the parsing of the image resized by each factor (e.g. "
+                         "0.75,1.25)")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     _add_debug(predict)
     predict.set_defaults(func=_cmd_predict)

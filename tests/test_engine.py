@@ -313,6 +313,15 @@ def test_cli_demo_train_and_evaluate_checkpoint(tmp_path, tmp_results, capsys):
                  "--json", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["metrics"]["num_images"] == 2
     assert "APp50" in capsys.readouterr().out
+    # Parsing R-CNN's test-time augmentation (Table 8 †): the record says it was on
+    assert main(["evaluate", "--checkpoint", str(demo), "--num", "2", "--profile", "smoke", "--test-flip",
+                 "--test-scales", "0.75,1.25", "--record", "test/demo_tta"]) == 0
+    tta = json.loads((tmp_results / "smoke" / "test" / "demo_tta.json").read_text())
+    assert tta["config"]["test_time"] == {"test_flip": True, "test_scales": [0.75, 1.25]}
+    assert tta["metrics"]["num_images"] == 2
+    assert main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--dataset", "cihp",
+                 "--test-flip"]) == 2
+    assert "use them with --checkpoint" in capsys.readouterr().err
 
     run = tmp_path / "baseline"
     assert main(["train", "--profile", "smoke", "--iterations", "1", "--no-pss", "--roi-size", "14", "--no-gce",

@@ -498,3 +498,57 @@ def test_table6_ladder_writes_one_result_per_rung(tmp_path, tmp_results):
     assert "mIoU" in full["metrics"]["mean"] and "no GPU" in full["notes"]
     with pytest.raises(ValueError, match="unknown ladder rungs"):
         ladder(get_profile("smoke"), "cpu", rungs=("nope",))
+
+
+# ------------------------------------------------------------------------------------- test-time augmentation
+
+
+def test_mirrored_roi_pooling_is_exact():
+    """The box mirror of the flip view (x -> W - x across the padded width) pools, from the mirrored features,
+    exactly the mirror image of what the box pools from the features: the view and the image agree cell by cell."""
+    model = tiny_model(test_flip=True)
+    features = {"0": torch.randn(1, 8, 16, 16)}
+    boxes = [torch.tensor([[5.0, 3.0, 41.0, 60.0], [0.0, 10.5, 22.25, 30.0]])]
+    width = 64
+    mirrored = [torch.stack([width - boxes[0][:, 2], boxes[0][:, 1], width - boxes[0][:, 0], boxes[0][:, 3]], 1)]
+    pooled = model.parsing_roi_pool(features, boxes, [(64, 64)])
+    pooled_mirror = model.parsing_roi_pool({"0": features["0"].flip(-1)}, mirrored, [(64, 64)])
+    assert torch.allclose(pooled_mirror.flip(-1), pooled, atol=1e-6)
+
+
+def test_flip_view_averages_to_a_flip_equivariant_parse():
+    """Table 8's flip testing: the averaged probabilities are a distribution per cell, differ from the plain ones,
+    and mirroring the image (its boxes mirrored) mirrors them with left and right swapped -- exactly, since both
+    views enter the average."""
+    model = tiny_model(test_flip=True).eval()
+    assert model.flip_permutation[14].item() == 15 and model.flip_permutation[1].item() == 1
+    image, target = make_sample(2, 0)
+    tensors, _ = model.transform([image], None)
+    x = tensors.tensors
+    width = x.shape[-1]
+    boxes = [target["boxes"]]
+    mirrored = [torch.stack([width - boxes[0][:, 2], boxes[0][:, 1], width - boxes[0][:, 0], boxes[0][:, 3]], 1)]
+    sizes = [tuple(x.shape[-2:])]
+    with torch.no_grad():
+        probs = model.parsing_probs(model.backbone(x), boxes, sizes, x)
+        probs_mirror = model.parsing_probs(model.backbone(x.flip(-1)), mirrored, sizes, x.flip(-1))
+        model.test_flip = False
+        plain = model.parsing_probs(model.backbone(x), boxes, sizes, x)
+    assert torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-5)
+    assert not torch.allclose(probs, plain, atol=1e-4)
+    assert torch.allclose(probs_mirror.flip(-1)[:, model.flip_permutation], probs, atol=1e-5)
+
+
+def test_test_time_views_run_end_to_end_and_refuse_bad_settings():
+    model = tiny_model(test_flip=True, test_scales=(0.75, 1.25)).eval()
+    image, _ = make_sample(2, 0)
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        pred = model([image])[0]
+    assert pred["person_parts"].shape[1:] == (SIZE, SIZE) and len(pred["person_scores"]) > 0
+    with pytest.raises(ValueError, match="test_scales"):
+        tiny_model(test_scales=(0.0,))
+    with pytest.raises(ValueError, match="flip_pairs"):
+        build_model("parsing_rcnn", num_classes=5, **{**TINY, "test_flip": True})
+    assert build_model("parsing_rcnn", num_classes=5, **{**TINY, "test_flip": True, "flip_pairs": ((1, 2),)}
+                       ).flip_permutation.tolist() == [0, 2, 1, 3, 4]

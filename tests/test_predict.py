@@ -128,6 +128,10 @@ def test_predict_one_good_file_exits_0_and_applies_the_score_threshold(run, fold
     assert code == 0, err
     line = json.loads((out / "predictions.jsonl").read_text())
     assert all(p["score"] >= 0.3 for p in line["persons"])  # the default --score-thresh
+    code, _, err = run_cli(["predict", "--checkpoint", run, "--out", tmp_path / "tta", "--test-flip",
+                            "--test-scales", "1.5", image], capsys)  # Parsing R-CNN's test-time augmentation
+    assert code == 0, err
+    assert (tmp_path / "tta" / "predictions.jsonl").exists()
     assert len((out / "person_parsing" / "gray.txt").read_text().splitlines()) == line["num_persons"]
     code, _, err = run_cli(["predict", "--checkpoint", run, "--out", out, "--score-thresh", "1", image], capsys)
     assert code == 0 and json.loads((out / "predictions.jsonl").read_text())["persons"] == []

@@ -252,6 +252,8 @@ BAD_ARGUMENTS = [
     (["train", *SMOKE, "--parsing-batch", "-2"], "--parsing-batch: must be >= 1"),
     (["demo", *SMOKE, "--iterations", "-3"], "--iterations: must be >= 1"),
     (["evaluate", "--checkpoint", "x", "--num", "0"], "--num: must be >= 1"),
+    (["evaluate", "--checkpoint", "x", "--test-scales", "0.75,0"], "--test-scales: must be > 0"),
+    (["predict", "--checkpoint", "x", "--test-scales", "big", "a.png"], "--test-scales: 'big' is not a number"),
     (["data", "verify", "--dataset", "cihp", "--root", ".", "--limit", "0"], "--limit: must be >= 1"),
     (["data", "export", "--format", "cihp", "--out", "x", "--num", "0"], "--num: must be >= 1"),
     (["data", "export", "--format", "cihp", "--out", "{tmp}/x", "--image-size", "8"], "image_size must be at least"),

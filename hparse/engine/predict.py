@@ -359,13 +359,16 @@ class Predictor:
 
     @classmethod
     def load(cls, model_or_checkpoint: nn.Module | str | os.PathLike, *, size: int | None = None,
-             device: str | torch.device | None = None, batch_size: int = 2) -> Predictor:
+             device: str | torch.device | None = None, batch_size: int = 2, test_flip: bool = False,
+             test_scales: tuple[float, ...] = ()) -> Predictor:
         """A predictor of a model object or of a checkpoint (``checkpoint.pt`` or its run folder).
 
         Args:
             size: the shorter side the model sees (default: its recipe's, :func:`recipe_input_size`).
             device: default: the model's own device, for a checkpoint CUDA when available.
             batch_size: images per forward pass.
+            test_flip, test_scales: Parsing R-CNN's test-time augmentation (Table 8 †,
+                :class:`hparse.models.parsing_rcnn.ParsingRCNN`); set on the model.
         """
         from .checkpoint import load_model
         from .profiles import get_device
@@ -387,6 +390,11 @@ class Predictor:
         else:
             raise TypeError(f"predict takes a model (nn.Module) or a checkpoint path, got "
                             f"{type(model_or_checkpoint).__name__}")
+        if test_flip or test_scales:
+            if not hasattr(model, "test_flip"):
+                raise PredictSetupError(f"{source}: test-time augmentation (--test-flip, --test-scales) is Parsing "
+                                        f"R-CNN's (its Table 8); this model ({type(model).__name__}) has none")
+            model.test_flip, model.test_scales = bool(test_flip), tuple(float(f) for f in test_scales)
         num_classes = model_config.get("num_classes") or getattr(model, "num_classes", None)
         if num_classes is None:
             raise PredictSetupError(f"{source}: cannot tell how many part labels the model has (no build_config "

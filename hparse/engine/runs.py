@@ -292,8 +292,11 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, profile: Profile, *,
                         dataset: str | None = None, gt: str | os.PathLike | None = None, split: str = "val",
                         num: int | None = None, seed: int = 0, record: str | None = None, force: bool = False,
                         json_path: str | os.PathLike | None = None,
-                        evaluator_mode: dict | None = None) -> dict[str, Any]:
+                        evaluator_mode: dict | None = None, test_time: dict | None = None) -> dict[str, Any]:
     """Rebuild a trained model from its checkpoint and score it on a split.
+
+    ``test_time`` (``{"test_flip": bool, "test_scales": (factor, ...)}``) scores it with Parsing R-CNN's test-time
+    augmentation (:class:`hparse.models.parsing_rcnn.ParsingRCNN`, Table 8 †); the record's config says so.
 
     The dataset defaults to the run's own (``synth``: SynthCrowd at the run's image size and people per image, the
     profile's val images); a real dataset needs ``gt`` (its root). ``record`` also writes the metrics to
@@ -309,6 +312,13 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, profile: Profile, *,
 
     model, checkpoint = load_model(checkpoint_path, device=device)
     config = checkpoint.get("config") or {}
+    test_time = {k: v for k, v in (test_time or {}).items() if v}
+    if test_time:
+        if not hasattr(model, "test_flip"):
+            raise RunSetupError(f"{checkpoint_path}: test-time augmentation (--test-flip, --test-scales) is Parsing "
+                                f"R-CNN's (its Table 8); this model ({type(model).__name__}) has none")
+        model.test_flip = bool(test_time.get("test_flip", False))
+        model.test_scales = tuple(float(f) for f in test_time.get("test_scales", ()))
     dataset_name = dataset or config.get("dataset", "synth")
     if dataset_name == "synth":
         from ..data import SynthCrowd
@@ -324,6 +334,8 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, profile: Profile, *,
         data = open_split(dataset_name, gt, split, purpose="nothing to score")
     record_config = {"checkpoint": str(checkpoint_path), "step": checkpoint.get("step"), "dataset": dataset_name,
                      "split": split, "model": checkpoint["model_config"]}
+    if test_time:
+        record_config["test_time"] = {"test_flip": model.test_flip, "test_scales": list(model.test_scales)}
     if record:
         try:
             path = result_path(record, profile.name)

@@ -242,7 +242,7 @@ class AttentionRCNN(TopDownParser):
         return losses
 
     @torch.no_grad()
-    def branch_predict(self, features, detections, image_sizes, original_sizes):
+    def branch_predict(self, features, detections, image_sizes, original_sizes, image_tensors=None):
         boxes = [d["boxes"] for d in detections]
         device = features["0"].device
         if sum(len(b) for b in boxes) == 0:

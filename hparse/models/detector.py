@@ -235,8 +235,11 @@ class TopDownParser(nn.Module, ABC):
 
     @abstractmethod
     def branch_predict(self, features: OrderedDict, detections: list[dict], image_sizes: list[tuple[int, int]],
-                       original_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Prediction-contract dicts from the detections (``boxes`` in resized pixels, ``scores``) of each image."""
+                       original_sizes: list[tuple[int, int]], image_tensors: torch.Tensor | None = None) -> list[dict]:
+        """Prediction-contract dicts from the detections (``boxes`` in resized pixels, ``scores``) of each image.
+
+        ``image_tensors`` is the normalised, padded batch the ``features`` were computed from (for test-time
+        augmentation, which computes features of other views of it); a branch without it ignores it."""
 
     def sample_branch_rois(self, boxes: list[torch.Tensor], person_ids: list[torch.Tensor]):
         """Keep at most ``branch_batch_per_image`` random positives per image (all when it is ``None``)."""
@@ -290,7 +293,7 @@ class TopDownParser(nn.Module, ABC):
         image_sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
         if not self.training:
             detections, _ = self.roi_heads(features, proposals, image_sizes)
-            return self.branch_predict(features, detections, image_sizes, original_sizes)
+            return self.branch_predict(features, detections, image_sizes, original_sizes, image_tensors=tensors)
         (boxes, matched), box_losses = self.roi_heads(features, proposals, image_sizes, det_targets)
         ids = [p[m] if len(p) else m.new_zeros(0) for p, m in zip(person_ids, matched)]
         boxes, ids = self.sample_branch_rois(boxes, ids)

@@ -196,7 +196,7 @@ class PersonDetector(TopDownParser):
     def branch_losses(self, features, rois, image_sizes, targets):
         return {}
 
-    def branch_predict(self, features, detections, image_sizes, original_sizes):
+    def branch_predict(self, features, detections, image_sizes, original_sizes, image_tensors=None):
         return [{"boxes": self.to_original(d["boxes"], size, original), "scores": d["scores"]}
                 for d, size, original in zip(detections, image_sizes, original_sizes)]
 

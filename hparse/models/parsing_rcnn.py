@@ -26,6 +26,15 @@ swaps left/right parts); :func:`hparse.engine.train` applies it.
 Inference (official code): detections with score >= 0.05 after NMS 0.5, at most 100 per image; a person's score is
 its box score; per-RoI softmax probabilities are pasted into the original image (box expanded by (M+2)/M, one-cell
 padding) and arg-maxed; the semantic map paints persons with score >= 0.3 in ascending score order.
+
+- **Test-time augmentation** (Table 8, the rows marked †: "multi-scale testing and horizontal flipping"; the official
+  code's ``TEST.AUG`` with ``SOFT_AVG``): ``test_flip=True`` adds the horizontally mirrored image, ``test_scales``
+  adds the image resized by each factor. The paper does not say how the views are combined; we keep the detections
+  of the image as given and average the parsing branch's softmax probabilities of each detected box over the views
+  (the box mirrored or scaled into the view; a mirrored view's probabilities mirrored back, left and right parts
+  swapped by ``flip_pairs``). Averaging happens on the RoI's own M x M grid, so the views need no resampling of
+  label maps. The official code also merges the views' detections; we do not (the boxes, scores and so AP ranking
+  are the plain model's). Off by default, as in every table but Table 8.
 """
 
 from __future__ import annotations
@@ -69,6 +78,11 @@ class ParsingRCNN(TopDownParser):
             runs and tests only; the paper's widths are the defaults.
         gce_channels: width of the GCE convolutions (paper: 256).
         head_norm: normalisation in the parsing branch: ``None`` (official code) or ``"gn"`` (see parsing_head.py).
+        test_flip: average the parsing probabilities with those of the mirrored image (Table 8 †).
+        test_scales: further image scale factors whose parsing probabilities are averaged in (Table 8 †), e.g.
+            ``(0.75, 1.25)``; the image itself (factor 1) is always a view.
+        flip_pairs: the left/right label pairs swapped in a mirrored view; by default those of the hparse label set
+            with ``num_classes`` labels (CIHP and SynthCrowd, MHP v2, PASCAL-Person-Part, DensePose).
         **detector: :class:`~hparse.models.detector.TopDownParser` settings (sizes, anchors, RPN, box branch).
     """
 
@@ -92,6 +106,9 @@ class ParsingRCNN(TopDownParser):
         head_channels: int = 512,
         gce_channels: int = 256,
         head_norm: str | None = None,
+        test_flip: bool = False,
+        test_scales: tuple[float, ...] = (),
+        flip_pairs: tuple[tuple[int, int], ...] | None = None,
         **detector,
     ):
         if pss not in PSS_VARIANTS:
@@ -104,6 +121,8 @@ class ParsingRCNN(TopDownParser):
             raise ValueError(f"roi_size must be an int >= 2 (14 baseline, 32 ERR), got {roi_size!r}")
         if parsing_batch is not None and parsing_batch < 1:
             raise ValueError(f"parsing_batch must be >= 1 or None, got {parsing_batch}")
+        if any(not (isinstance(f, (int, float)) and f > 0) for f in test_scales):
+            raise ValueError(f"test_scales must be positive scale factors such as (0.75, 1.25), got {test_scales!r}")
         if "box_featmaps" in detector:
             raise ValueError("ParsingRCNN sets box_featmaps from pss; use pss='p2_only' to pool boxes from P2")
         body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
@@ -122,6 +141,9 @@ class ParsingRCNN(TopDownParser):
         self.parsing_head = ParsingHead(body.out_channels, gce=gce, ipbc=ipbc, gce_channels=gce_channels,
                                         conv_channels=head_channels, norm=head_norm)
         self.parsing_predictor = ParsingPredictor(self.parsing_head.out_channels, num_classes)
+        self.test_flip, self.test_scales = bool(test_flip), tuple(float(f) for f in test_scales)
+        self.register_buffer("flip_permutation", _flip_permutation(num_classes, flip_pairs, self.test_flip),
+                             persistent=False)
 
     @property
     def output_size(self) -> int:
@@ -144,16 +166,49 @@ class ParsingRCNN(TopDownParser):
         return {"loss_parsing": parsing_loss(logits, target, self.loss_weight)}
 
     @torch.no_grad()
-    def branch_predict(self, features, detections, image_sizes, original_sizes):
+    def branch_predict(self, features, detections, image_sizes, original_sizes, image_tensors=None):
         boxes = [d["boxes"] for d in detections]
         device = features["0"].device
         if sum(len(b) for b in boxes) == 0:
             return [empty_prediction(size, device=device) for size in original_sizes]
-        logits = self.parsing_logits(features, boxes, image_sizes)
+        probs = self.parsing_probs(features, boxes, image_sizes, image_tensors)
         with torch.autocast(device.type, enabled=False):  # paste and argmax in float32 under mixed precision
-            probs = F.softmax(logits.float(), dim=1).split([len(b) for b in boxes])
             return [self.paste(det, p, size, original)
-                    for det, p, size, original in zip(detections, probs, image_sizes, original_sizes)]
+                    for det, p, size, original in zip(detections, probs.split([len(b) for b in boxes]), image_sizes,
+                                                       original_sizes)]
+
+    @torch.no_grad()
+    def parsing_probs(self, features: OrderedDict, boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]],
+                      image_tensors: torch.Tensor | None = None) -> torch.Tensor:
+        """(sum R_i, num_classes, 4S, 4S) float32 part probabilities of ``boxes``, averaged over the test-time views
+        (``test_flip``, ``test_scales``; see the module docstring) when there are any.
+
+        ``image_tensors`` is the padded batch ``features`` came from; boxes are mirrored across its full (padded)
+        width, which is where the mirrored features' columns map back to."""
+        probs = F.softmax(self.parsing_logits(features, boxes, image_sizes).float(), dim=1)
+        if not (self.test_flip or self.test_scales):
+            return probs
+        if image_tensors is None:
+            raise ValueError("test-time augmentation (test_flip / test_scales) needs the image batch: call the model "
+                             "on images, or pass image_tensors")
+        views = 1
+        for factor in (1.0, *self.test_scales):
+            if factor == 1.0:
+                tensors, scaled, sizes, view = image_tensors, boxes, image_sizes, features
+            else:
+                tensors = F.interpolate(image_tensors, scale_factor=factor, mode="bilinear", align_corners=False)
+                scaled = [b * factor for b in boxes]
+                sizes = [(round(h * factor), round(w * factor)) for h, w in image_sizes]
+                view = self.backbone(tensors)
+                probs = probs + F.softmax(self.parsing_logits(view, scaled, sizes).float(), dim=1)
+                views += 1
+            if self.test_flip:
+                width = tensors.shape[-1]
+                mirrored = [torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1) for b in scaled]
+                logits = self.parsing_logits(self.backbone(tensors.flip(-1)), mirrored, sizes)
+                probs = probs + F.softmax(logits.float(), dim=1).flip(-1)[:, self.flip_permutation]
+                views += 1
+        return probs / views
 
     def paste(self, detection: dict, probs: torch.Tensor, image_size: tuple[int, int],
               original_size: tuple[int, int]) -> dict:
@@ -167,3 +222,21 @@ class ParsingRCNN(TopDownParser):
             "person_scores": scores,
             "person_boxes": person_boxes,
         }
+
+
+def _flip_permutation(num_classes: int, flip_pairs, required: bool) -> torch.Tensor:
+    """Channel ``c`` of a mirrored view holds the original's ``perm[c]`` (left and right swapped)."""
+    from ..data.labels import LABEL_SETS
+
+    if flip_pairs is None:
+        known = [labels for labels in LABEL_SETS.values() if labels.num_classes == num_classes]
+        if not known and required:
+            raise ValueError(f"test_flip needs the left/right label pairs: no hparse label set has {num_classes} "
+                             "labels; pass flip_pairs=((left, right), ...), or () if no label has a side")
+        flip_pairs = known[0].flip_pairs if known else ()
+    perm = list(range(num_classes))
+    for a, b in flip_pairs:
+        if not (0 < a < num_classes and 0 < b < num_classes):
+            raise ValueError(f"flip pair ({a}, {b}) is outside the part labels 1..{num_classes - 1}")
+        perm[a], perm[b] = b, a
+    return torch.tensor(perm, dtype=torch.long)
