@@ -462,8 +462,8 @@ def _train_stage2(args, profile, device, out_dir: Path) -> int:
                                                ("num_workers", args.workers)) if value is not None}
     train_set = val_set = None
     if args.dataset != "synth":
-        train_set = train_dataset(args.dataset, args.root, profile, "train", profile.train_images, args.seed)
-        val_set = train_dataset(args.dataset, args.root, profile, "val", profile.val_images, args.seed)
+        train_set = train_dataset(args.dataset, args.root, profile, "train", profile.train_images)
+        val_set = train_dataset(args.dataset, args.root, profile, "val", profile.val_images)
     try:
         summary = train_stage2(args.init, train_set, val_set, profile=profile, dataset=args.dataset,
                                out_dir=out_dir, seed=args.seed, device=device, iterations=args.iterations,

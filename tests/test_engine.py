@@ -352,3 +352,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke", "--dataset", "cihp", "--out", str(tmp_path)]) == 2
     assert "needs --root" in capsys.readouterr().err
+
+
+def test_seeds_of_a_recipe_share_their_images(tmp_path):
+    """A run's seed changes its model and data order, never its SynthCrowd images: two seeds are scored on the same
+    validation images (the same ground-truth people) and train on the same ones."""
+    from hparse.cli import main
+
+    records = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        assert main(["train", "--profile", "smoke", "--iterations", "1", "--seed", str(seed), "--out", str(out)]) == 0
+        records.append(json.loads((out / "result.json").read_text()))
+    assert records[0]["metrics"]["num_gt_persons"] == records[1]["metrics"]["num_gt_persons"]
+    assert records[0]["config"]["seed"] == 0 and records[1]["config"]["seed"] == 1

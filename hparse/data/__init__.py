@@ -17,4 +17,4 @@ from .labels import (
 )
 from .mhp import MHPv2, write_mhp
 from .pascal_person_part import PascalPersonPart, write_pascal_person_part
-from .synth import SynthCrowd
+from .synth import RECIPE_SEED, SynthCrowd

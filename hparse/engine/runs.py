@@ -137,15 +137,18 @@ def check_batch_memory(batch_size: int, height: int, width: int, device: torch.d
                             f"image), more than the {available / 2**30:,.1f} GiB of {where}; lower --batch-size")
 
 
-def train_dataset(dataset: str, root: str | os.PathLike | None, profile: Profile, split: str, num: int, seed: int):
+def train_dataset(dataset: str, root: str | os.PathLike | None, profile: Profile, split: str, num: int):
     """SynthCrowd at the profile's size, or a real dataset's split read from ``root`` (a missing root, a broken
-    or empty split: :class:`hparse.data.verify.SplitError`)."""
+    or empty split: :class:`hparse.data.verify.SplitError`).
+
+    SynthCrowd images are those of :data:`hparse.data.synth.RECIPE_SEED` whatever the run's seed, so that every
+    seed of a recipe trains on the same images and is scored on the same validation images."""
     if dataset == "synth":
-        from ..data import SynthCrowd
+        from ..data import RECIPE_SEED, SynthCrowd
 
         try:
             return SynthCrowd(split=split, num_images=num, image_size=profile.image_size, min_people=1,
-                              max_people=profile.max_people, seed=seed)
+                              max_people=profile.max_people, seed=RECIPE_SEED)
         except ValueError as err:
             raise RunSetupError(str(err)) from None
     from ..data.verify import open_split
@@ -188,8 +191,8 @@ def train_from_recipe(method: str, recipe: dict, profile: Profile, *, out_dir: s
     check_out_dir(out_dir)
     model_cfg, train_cfg = recipe["model"], recipe["train"]
     profile = profile.override(**recipe.get("data", {}))
-    train_set = train_dataset(dataset, root, profile, "train", profile.train_images, seed)
-    val_set = train_dataset(dataset, root, profile, "val", profile.val_images, seed)
+    train_set = train_dataset(dataset, root, profile, "train", profile.train_images)
+    val_set = train_dataset(dataset, root, profile, "val", profile.val_images)
     if iterations is not None:
         train_cfg["iterations"] = iterations
         train_cfg["warmup"] = min(train_cfg["warmup"], warmup_steps(iterations))

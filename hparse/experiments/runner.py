@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import SynthCrowd
+from ..data import RECIPE_SEED, SynthCrowd
 from ..engine.checkpoint import CHECKPOINT_NAME, load_model
 from ..engine.finetune import load_weights
 from ..engine.profiles import Profile, get_device, seed_everything
@@ -60,8 +60,9 @@ SUMMARY_KEYS = ("mIoU", "APp50", "APpvol", "PCP50", "APr50", "APrvol", "train_im
 
 def synth_splits(data: dict, crowding: float = 0.5, val_crowding: float | None = None,
                  val_images: int | None = None) -> tuple[SynthCrowd, SynthCrowd]:
-    """SynthCrowd train and val at a recipe's ``data`` sizes (seed 0 for both: the same images for every run)."""
-    common = dict(image_size=data["image_size"], min_people=1, max_people=data["max_people"], seed=0)
+    """SynthCrowd train and val at a recipe's ``data`` sizes (:data:`hparse.data.synth.RECIPE_SEED` for both: the
+    same images for every run)."""
+    common = dict(image_size=data["image_size"], min_people=1, max_people=data["max_people"], seed=RECIPE_SEED)
     return (SynthCrowd("train", num_images=data["train_images"], crowding=crowding, **common),
             SynthCrowd("val", num_images=val_images or data["val_images"],
                        crowding=crowding if val_crowding is None else val_crowding, **common))
