@@ -390,3 +390,24 @@ def test_person_breakdown_sorts_zero_iou_classes():
     assert out["share_at_50_without_spurious"] == (1.0 if (background + 2) / 5 >= 0.5 else 0.0)
     assert out["share_at_50_without_zero_classes"] == 1.0
     assert out["spurious_per_person"] == 1.0 and out["missed_per_person"] == 1.0
+
+
+def test_augmented_inference_table_of_two_seeds(run, tmp_path, tmp_results):
+    """Table 8 †: two seeds of one recipe scored plain, flipped and flipped at three scales; per-seed numbers, a
+    summary per setting and a verdict against the plain model; a run of another recipe is refused."""
+    from hparse.experiments.augmented_inference import KEYS, SETTINGS, _main, augmented_inference_table
+
+    second = tmp_path / "seed1"
+    assert main(["train", *SMOKE, "--iterations", "2", "--seed", "1", "--out", str(second)]) == 0
+    table = augmented_inference_table([run, second], val_images=2, device="cpu")
+    assert sorted(table["per_seed"]) == [0, 1]
+    for setting in SETTINGS:
+        assert table[setting]["seeds"] == [0, 1]
+        assert "mIoU" in table[setting]["mean"] and set(table["per_seed"][0][setting]) == set(KEYS)
+    assert set(table["verdicts"]) == {"flip", "flip_multiscale"}
+    other = tmp_path / "other"
+    assert main(["train", *SMOKE, "--iterations", "1", "--no-gce", "--out", str(other)]) == 0
+    with pytest.raises(ValueError, match="not a seed of the first run"):
+        augmented_inference_table([run, other], val_images=1, device="cpu")
+    _main(["--runs", str(run), str(second), "--val-images", "1", "--profile", "smoke", "--record", "test/tta"])
+    assert (tmp_results / "smoke" / "test" / "tta.json").exists()
