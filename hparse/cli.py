@@ -721,7 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "<profile>)")
     train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a "
                        "checkpoint (its earlier log is kept as train_log.<time>.jsonl)")
-    train.add_argument("--seed", type=_nonnegative_int, default=0)
+    train.add_argument("--seed", type=_nonnegative_int, default=0, help="model initialisation, data order and "
+                       "augmentation (SynthCrowd images are the same for every seed)")
     train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     train.add_argument("--stage", type=int, default=1, choices=(1, 2),
                        help="mg_parser's two-step schedule: 2 fine-tunes --init with the matching loss (Sec. 3.4)")
@@ -740,7 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="optimiser steps (default: the profile's, see hparse.recipes.demo_recipe)")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default: runs/demo_<profile>)")
     demo.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
-    demo.add_argument("--seed", type=_nonnegative_int, default=0)
+    demo.add_argument("--seed", type=_nonnegative_int, default=0, help="model initialisation, data order and "
+                      "augmentation (SynthCrowd images are the same for every seed)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--images", type=Path, default=None, metavar="DIR",
                       help="also parse the images of this folder with the trained model (into <out>/predict_images)")
