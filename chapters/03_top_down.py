@@ -570,6 +570,8 @@ for name, what in (("demo_from_scratch", "from random weights (the first demo)")
                    ("demo", "the cpu recipe (SynthCrowd starting point, no normalisation in the branch), seed 0"),
                    ("demo_seed1", "the same recipe, seed 1 (the spread between seeds)"),
                    ("demo_seed2", "the same recipe, seed 2"),
+                   ("demo_2000_steps", "the same recipe for 2000 steps, twice the demo's (seed 0): what more steps "
+                                       "give"),
                    ("demo_heldout", "the seed-0 model on held-out SynthCrowd images")):
     record = find_results(f"parsing_rcnn/{name}", profiles=("cpu",))
     if record is None:
