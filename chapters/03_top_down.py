@@ -648,7 +648,9 @@ if views is not None:
     keys = ("mIoU", "APp50", "APpvol", "APrvol")
     names = {"plain": "the model as trained", "flip": "+ flip testing",
              "flip_multiscale": "+ flip and multi-scale testing (×0.75, ×1.25)"}
-    lines = ["| test-time views | " + " | ".join(keys) + " | against the model as trained (mIoU / AP^p_vol) |",
+    heads = {"mIoU": "mIoU", "APp50": "AP^p_50", "APpvol": "AP^p_vol", "APrvol": "AP^r_vol"}
+    lines = ["| test-time views | " + " | ".join(heads[k] for k in keys)
+             + " | against the model as trained (mIoU / AP^p_vol) |",
              "|---|" + "---|" * (len(keys) + 1)]
     for name, what in names.items():
         if name not in m:
