@@ -483,7 +483,8 @@ display(MarkdownTables(ladder_table(ours, {"baseline": "baseline"}, paper=PAPER_
 #    the same thing from the metric's side: for each person, the classes that enter its mean IoU at zero. They are of
 #    three kinds, and all three are common: *spurious* (a garment the person does not wear, such as upper clothes on a
 #    person in a coat or a dress), *missed* (shoes above all) and *misplaced* (predicted and present, but elsewhere: a
-#    left/right swap makes both of a pair misplaced; arms and shoes above all). With the zero classes left out, most people would pass 0.5; no single kind of error holds most of them.
+#    left/right swap makes both of a pair misplaced; arms and shoes above all). With the zero classes left out, most
+#    people would pass 0.5; no single kind of error holds most of them.
 # 6. **Larger images, nearly free.** The parsing branch runs on 32×32 RoIs whatever the person's size, and it is the
 #    largest share of a step (item 3: it costs more than the whole ResNet),
 #    so larger images cost a step little. They help where item 5 says the model fails: at 320 pixels a thin part is wider than a P2 cell and the
