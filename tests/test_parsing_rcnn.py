@@ -532,7 +532,7 @@ def test_flip_view_averages_to_a_flip_equivariant_parse():
     with torch.no_grad():
         probs = model.parsing_probs(model.backbone(x), boxes, sizes, x)
         probs_mirror = model.parsing_probs(model.backbone(x.flip(-1)), mirrored, sizes, x.flip(-1))
-        model.test_flip = False
+        model.set_test_views(test_flip=False)
         plain = model.parsing_probs(model.backbone(x), boxes, sizes, x)
     assert torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-5)
     assert not torch.allclose(probs, plain, atol=1e-4)
@@ -552,3 +552,6 @@ def test_test_time_views_run_end_to_end_and_refuse_bad_settings():
         build_model("parsing_rcnn", num_classes=5, **{**TINY, "test_flip": True})
     assert build_model("parsing_rcnn", num_classes=5, **{**TINY, "test_flip": True, "flip_pairs": ((1, 2),)}
                        ).flip_permutation.tolist() == [0, 2, 1, 3, 4]
+    later = build_model("parsing_rcnn", num_classes=5, **TINY)  # switched on after building: checked the same way
+    with pytest.raises(ValueError, match="flip_pairs"):
+        later.set_test_views(test_flip=True)

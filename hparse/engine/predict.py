@@ -391,10 +391,13 @@ class Predictor:
             raise TypeError(f"predict takes a model (nn.Module) or a checkpoint path, got "
                             f"{type(model_or_checkpoint).__name__}")
         if test_flip or test_scales:
-            if not hasattr(model, "test_flip"):
+            if not hasattr(model, "set_test_views"):
                 raise PredictSetupError(f"{source}: test-time augmentation (--test-flip, --test-scales) is Parsing "
                                         f"R-CNN's (its Table 8); this model ({type(model).__name__}) has none")
-            model.test_flip, model.test_scales = bool(test_flip), tuple(float(f) for f in test_scales)
+            try:
+                model.set_test_views(bool(test_flip), tuple(test_scales))
+            except ValueError as err:
+                raise PredictSetupError(f"{source}: {err}") from None
         num_classes = model_config.get("num_classes") or getattr(model, "num_classes", None)
         if num_classes is None:
             raise PredictSetupError(f"{source}: cannot tell how many part labels the model has (no build_config "

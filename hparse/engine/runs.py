@@ -317,11 +317,13 @@ def evaluate_checkpoint(checkpoint_path: str | os.PathLike, profile: Profile, *,
     config = checkpoint.get("config") or {}
     test_time = {k: v for k, v in (test_time or {}).items() if v}
     if test_time:
-        if not hasattr(model, "test_flip"):
+        if not hasattr(model, "set_test_views"):
             raise RunSetupError(f"{checkpoint_path}: test-time augmentation (--test-flip, --test-scales) is Parsing "
                                 f"R-CNN's (its Table 8); this model ({type(model).__name__}) has none")
-        model.test_flip = bool(test_time.get("test_flip", False))
-        model.test_scales = tuple(float(f) for f in test_time.get("test_scales", ()))
+        try:
+            model.set_test_views(bool(test_time.get("test_flip", False)), tuple(test_time.get("test_scales", ())))
+        except ValueError as err:
+            raise RunSetupError(f"{checkpoint_path}: {err}") from None
     dataset_name = dataset or config.get("dataset", "synth")
     if dataset_name == "synth":
         from ..data import SynthCrowd

@@ -65,7 +65,7 @@ def augmented_inference_table(runs: Sequence[str | Path], *, settings: dict[str,
     for run in runs:
         path = _checkpoint(run)
         model, saved = load_model(path, device=device)
-        if not hasattr(model, "test_flip"):
+        if not hasattr(model, "set_test_views"):
             raise ValueError(f"{path}: test-time augmentation is Parsing R-CNN's; this run is "
                              f"{type(model).__name__}")
         config = dict(saved.get("config") or {})
@@ -83,7 +83,7 @@ def augmented_inference_table(runs: Sequence[str | Path], *, settings: dict[str,
                           max_people=int(config.get("max_people", 5)), seed=RECIPE_SEED)
         per_seed[seed] = {}
         for name, views in settings.items():
-            model.test_flip, model.test_scales = bool(views["test_flip"]), tuple(views["test_scales"])
+            model.set_test_views(views["test_flip"], tuple(views["test_scales"]))
             metrics = evaluate(model, data, batch_size=2)
             per_seed[seed][name] = {key: metrics[key] for key in KEYS}
     out: dict = {"settings": {k: {**v, "test_scales": list(v["test_scales"])} for k, v in settings.items()},

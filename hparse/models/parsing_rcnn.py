@@ -121,8 +121,6 @@ class ParsingRCNN(TopDownParser):
             raise ValueError(f"roi_size must be an int >= 2 (14 baseline, 32 ERR), got {roi_size!r}")
         if parsing_batch is not None and parsing_batch < 1:
             raise ValueError(f"parsing_batch must be >= 1 or None, got {parsing_batch}")
-        if any(not (isinstance(f, (int, float)) and f > 0) for f in test_scales):
-            raise ValueError(f"test_scales must be positive scale factors such as (0.75, 1.25), got {test_scales!r}")
         if "box_featmaps" in detector:
             raise ValueError("ParsingRCNN sets box_featmaps from pss; use pss='p2_only' to pool boxes from P2")
         body = build_resnet_fpn(backbone, backbone_weights, norm=backbone_norm, trainable_layers=trainable_layers,
@@ -141,9 +139,18 @@ class ParsingRCNN(TopDownParser):
         self.parsing_head = ParsingHead(body.out_channels, gce=gce, ipbc=ipbc, gce_channels=gce_channels,
                                         conv_channels=head_channels, norm=head_norm)
         self.parsing_predictor = ParsingPredictor(self.parsing_head.out_channels, num_classes)
+        self.flip_pairs = flip_pairs
+        self.register_buffer("flip_permutation", torch.arange(num_classes), persistent=False)
+        self.set_test_views(test_flip, test_scales)
+
+    def set_test_views(self, test_flip: bool = False, test_scales: tuple[float, ...] = ()) -> None:
+        """Switch the test-time views (Table 8 †, see the module docstring) of a built or loaded model; checks them
+        (a mirrored view needs the left/right pairs of its labels) and sets the flip permutation."""
+        if any(not (isinstance(f, (int, float)) and f > 0) for f in test_scales):
+            raise ValueError(f"test_scales must be positive scale factors such as (0.75, 1.25), got {test_scales!r}")
+        perm = _flip_permutation(self.num_classes, self.flip_pairs, required=bool(test_flip))
+        self.flip_permutation = perm.to(self.flip_permutation.device)
         self.test_flip, self.test_scales = bool(test_flip), tuple(float(f) for f in test_scales)
-        self.register_buffer("flip_permutation", _flip_permutation(num_classes, flip_pairs, self.test_flip),
-                             persistent=False)
 
     @property
     def output_size(self) -> int:
@@ -227,6 +234,7 @@ class ParsingRCNN(TopDownParser):
 def _flip_permutation(num_classes: int, flip_pairs, required: bool) -> torch.Tensor:
     """Channel ``c`` of a mirrored view holds the original's ``perm[c]`` (left and right swapped)."""
     from ..data.labels import LABEL_SETS
+    from ..data.labels import _flip_permutation as permutation
 
     if flip_pairs is None:
         known = [labels for labels in LABEL_SETS.values() if labels.num_classes == num_classes]
@@ -234,9 +242,7 @@ def _flip_permutation(num_classes: int, flip_pairs, required: bool) -> torch.Ten
             raise ValueError(f"test_flip needs the left/right label pairs: no hparse label set has {num_classes} "
                              "labels; pass flip_pairs=((left, right), ...), or () if no label has a side")
         flip_pairs = known[0].flip_pairs if known else ()
-    perm = list(range(num_classes))
     for a, b in flip_pairs:
         if not (0 < a < num_classes and 0 < b < num_classes):
             raise ValueError(f"flip pair ({a}, {b}) is outside the part labels 1..{num_classes - 1}")
-        perm[a], perm[b] = b, a
-    return torch.tensor(perm, dtype=torch.long)
+    return torch.tensor(permutation(num_classes, tuple(flip_pairs)), dtype=torch.long)
