@@ -190,6 +190,12 @@ def test_pretraining_stages_chain_and_supervise_each_level(tmp_path):
     assert [s["stage"] for s in blob["provenance"]["stages"]] == [1, 2]
     assert blob["provenance"]["command"] == "hparse pretrain --profile smoke --stages 1 2 --iterations 1"
     assert blob["provenance"]["stages"][1]["init"] == str(tmp_path / "stage1" / "backbone.pt")
+    # a run continuing from a file made by the command keeps that file's stages (as the shipped file's continuation)
+    more = pretrain_backbone(get_profile("smoke"), tmp_path / "more", iterations=1, stages=(2,), progress=False,
+                             init=tmp_path / "stage2" / "backbone.pt")
+    chain = torch.load(more["weights"][0], weights_only=True)["provenance"]["stages"]
+    assert [s["stage"] for s in chain] == [1, 2, 2]
+    assert chain[0]["command"] == "hparse pretrain --profile smoke --stages 1 2 --iterations 1"
     with pytest.raises(FileNotFoundError, match="stage1"):
         pretrain_backbone(get_profile("smoke"), tmp_path / "other", iterations=1, stages=(2,), progress=False)
 

@@ -392,6 +392,26 @@ def test_person_breakdown_sorts_zero_iou_classes():
     assert out["spurious_per_person"] == 1.0 and out["missed_per_person"] == 1.0
 
 
+def test_left_right_by_view_counts_swaps_per_view():
+    """Two people: a front-facing one whose arms are labelled right, a back-facing one whose arms are swapped, and
+    a leg pixel predicted as background (not counted: only pixels predicted as either side of their pair count)."""
+    from hparse.data import CIHP_LABELS
+    from hparse.experiments.error_breakdown import left_right_by_view
+
+    semantic = torch.zeros(4, 8, dtype=torch.long)
+    semantic[:, 0:2], semantic[:, 2:4] = 14, 15  # person 1: Left-arm, Right-arm (4 pixels each)
+    semantic[:, 4:6], semantic[:, 6:7], semantic[:, 7] = 14, 15, 16  # person 2: arms, one Left-leg column
+    instances = torch.ones(4, 8, dtype=torch.long)
+    instances[:, 4:] = 2
+    pred = semantic.clone()
+    pred[:, 4:6], pred[:, 6:7], pred[:, 7] = 15, 14, 0  # person 2: both arms swapped, the leg missed
+    pred[0, 0] = 13  # one of person 1's arm pixels called face: neither side, not counted
+    sample = {"semantic": semantic, "instances": instances, "meta": {"view": ["front", "back"]}}
+    out = left_right_by_view([{"semantic": pred}], [sample], CIHP_LABELS.flip_pairs)
+    assert out["front"] == {"persons": 1, "pixels": 15, "accuracy": 1.0}
+    assert out["back"] == {"persons": 1, "pixels": 12, "accuracy": 0.0}
+
+
 def test_augmented_inference_table_of_two_seeds(run, tmp_path, tmp_results):
     """Table 8 †: two seeds of one recipe scored plain, flipped and flipped at three scales; per-seed numbers, a
     summary per setting and a verdict against the plain model; a run of another recipe is refused."""

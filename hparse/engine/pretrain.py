@@ -53,7 +53,7 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
     if start is not None and not start.exists():
         raise FileNotFoundError(f"{start} does not exist: pretraining stage {stages[0]} starts from the backbone.pt "
                                 f"of the stage before it (run that stage first, or pass init=)")
-    walls, parents = [], []
+    walls, parents = [], _earlier_stages(start) if init is not None else []
     command = (f"hparse pretrain --profile {profile.name} --stages {' '.join(map(str, stages))}"
                + (f" --init {init}" if init is not None else "")
                + (f" --iterations {iterations}" if iterations is not None else ""))
@@ -80,6 +80,15 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
                      notes="the backbone's SynthCrowd starting point (hparse.models.pretrain); wall time of the "
                            "stages run by this command")
     return {"metrics": metrics, "weights": [str(p) for p in paths], "summary": summary}
+
+
+def _earlier_stages(path: Path) -> list[dict]:
+    """The stages recorded in the provenance of the weights file ``path`` (a file made by this command, such as the
+    shipped one), so that a run continuing from it keeps the whole chain; ``[]`` for a file without them."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    provenance = blob.get("provenance", {}) if isinstance(blob, dict) else {}
+    return [dict(stage, command=provenance.get("command")) if "command" not in stage else dict(stage)
+            for stage in provenance.get("stages", [])]
 
 
 def _pretrain_stage(plan: dict, out_dir: Path, init: Path | None, seed: int, device, progress: bool):

@@ -21,6 +21,12 @@ Two measurements on the SynthCrowd validation images a run was evaluated on, fro
 - **How much is left and right.** The same predictions scored once more with each flip pair merged into one part
   (``Right-arm`` read as ``Left-arm``, in the prediction and the ground truth alike; AP^p, PCP and mIoU over the
   merged label set): the rise over the plain score is what the model loses to the person's orientation alone.
+- **Which people get left and right wrong.** Left and right are the person's own (a front-facing person's
+  ``Left-arm`` lies on the image's right, a back-facing one's on its left), so reading them needs the person's
+  orientation. Over the ground-truth pixels of every flip-pair part that the model labels as either part of the
+  pair, the share labelled with the right side, by the person's view (SynthCrowd's ``meta["view"]``: front, back,
+  side): a model that has learned only the commonest view's rule scores high on it and below one half on the
+  opposite view.
 
 One record per run, ``results/<profile>/<method>/error_breakdown.json`` (``--record`` renames it)::
 
@@ -44,7 +50,7 @@ from ..metrics import ParsingEvaluator
 from ..metrics.painting import person_pixels
 from ..metrics.part_ap import person_part_iou
 
-__all__ = ["error_breakdown", "person_breakdown", "PersonBreakdown", "KEYS"]
+__all__ = ["error_breakdown", "person_breakdown", "PersonBreakdown", "left_right_by_view", "KEYS"]
 
 #: The evaluator's numbers kept for both kinds of detections.
 KEYS = ("mIoU", "APp50", "APpvol", "PCP50")
@@ -136,6 +142,35 @@ def person_breakdown(predictions, samples, names) -> dict:
     return acc.compute()
 
 
+def left_right_by_view(predictions, samples, flip_pairs) -> dict[str, dict]:
+    """Left/right accuracy of a model's semantic maps by the person's view (see the module docstring).
+
+    ``predictions`` give ``semantic`` (H, W); ``samples`` are SynthCrowd samples (``meta["view"]`` per person).
+    Returns ``{view: {"persons", "pixels", "accuracy"}}``: ``pixels`` counts the ground-truth pixels of flip-pair parts
+    that were predicted as either part of their pair, ``accuracy`` the share of them predicted with the right side.
+    """
+    mirror = {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
+    parts = torch.tensor(sorted(mirror))
+    swap = torch.arange(max(mirror) + 1)
+    swap[list(mirror)] = torch.tensor([mirror[c] for c in mirror])
+    counts: dict[str, list[int]] = {}
+    for pred, sample in zip(predictions, samples):
+        semantic, instances = sample["semantic"].cpu(), sample["instances"].cpu()
+        predicted = pred["semantic"].cpu()
+        paired = torch.isin(semantic, parts)
+        right = paired & (predicted == semantic)
+        wrong = paired & (predicted == swap[semantic.clamp(0, len(swap) - 1).long()])
+        for g, view in enumerate(sample["meta"]["view"]):
+            person = instances == g + 1
+            ok, bad = int((right & person).sum()), int((wrong & person).sum())
+            row = counts.setdefault(view, [0, 0, 0])
+            row[0] += ok
+            row[1] += bad
+            row[2] += int(ok + bad > 0)
+    return {view: {"persons": persons, "pixels": ok + bad, "accuracy": ok / (ok + bad) if ok + bad else float("nan")}
+            for view, (ok, bad, persons) in sorted(counts.items())}
+
+
 def _confusion_shares(confusion: torch.Tensor, names, flip_pairs) -> dict[str, dict]:
     mirror = {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
     out = {}
@@ -196,6 +231,7 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
     merged = ParsingEvaluator(labels.num_classes, metrics=("miou", "app"))
     persons = PersonBreakdown(labels.names)
     confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.long)
+    views = []  # (prediction, sample) pairs reduced to what left_right_by_view reads
     for index in range(len(val)):
         sample = val[index]
         image = sample["image"].to(device)
@@ -203,6 +239,8 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
         evaluators["own"].update(own, sample)
         merged.update(*_merged(own, sample, labels.flip_pairs))
         persons.update(own, sample)
+        views.append(({"semantic": own["semantic"].cpu()},
+                      {key: sample[key] for key in ("semantic", "instances", "meta")}))
         evaluators["gt_boxes"].update(_parse(model, image, sample["boxes"].to(device)), sample)
         target, pred = sample["semantic"], own["semantic"].cpu()
         keep = target != 255
@@ -217,6 +255,7 @@ def error_breakdown(checkpoint: str | Path, *, val_images: int | None = None, de
         "per_class_iou": {kind: dict(zip(labels.names, s["IoU"])) for kind, s in scores.items()},
         "confusion": _confusion_shares(confusion, labels.names, labels.flip_pairs),
         "persons": persons.compute(),
+        "left_right_by_view": left_right_by_view(*zip(*views), labels.flip_pairs),
         "num_images": len(val),
     }
     if write:
