@@ -536,7 +536,8 @@ if probe is not None:
         "40 SynthCrowd val images (`results/cpu/parsing_rcnn/branch_probe.json`; the branch had GroupNorm, the "
         "recipe of the time):\n\n" + "\n".join(table)
         + "\n\nReproduce: `python -m hparse.experiments.branch_probe --profile cpu --weights stage1=FILE "
-        "stage2=hparse/weights/synthcrowd_resnet18_w24.pt perfect=perfect --probes branch linear_semantic`"))
+        "stage2=hparse/weights/synthcrowd_resnet18_w24.pt perfect=perfect --probes branch linear_semantic "
+        "--record parsing_rcnn/branch_probe`"))
 norms = find_results("parsing_rcnn/branch_probe_norm", profiles=("cpu",))
 if norms is not None:
     rows = norms["metrics"]["rows"]

@@ -212,6 +212,21 @@ def test_pretraining_stages_chain_and_supervise_each_level(tmp_path):
     assert not torch.allclose(model([sample["image"]], [sample])["loss_semantic"], per_level)
 
 
+def test_branch_probe_writes_a_record_only_when_asked(tmp_results, capsys, monkeypatch):
+    """Without ``--record`` the probe prints its rows and writes nothing; with it, the named record. (The probe
+    itself is replaced by a stand-in: this is the command's bookkeeping, the probe has its own test below.)"""
+    from hparse.experiments import branch_probe as bp
+
+    monkeypatch.setattr(bp, "probe_branch", lambda *a, **k: {"curve": [(1, 0.5)], "mIoU": 0.5, "per_class_iou": [],
+                                                             "steps": 1, "lr": 1e-3, "wall_time_s": 0.0})
+    args = ["--profile", "smoke", "--weights", "ideal=perfect", "--probes", "branch", "--steps", "1"]
+    assert bp.main(args) == 0
+    assert "ideal/branch" in capsys.readouterr().out
+    assert not tmp_results.exists() or not any(tmp_results.rglob("*.json"))
+    assert bp.main(args + ["--record", "parsing_rcnn/probe_test"]) == 0
+    assert (tmp_results / "smoke" / "parsing_rcnn" / "probe_test.json").exists()
+
+
 def test_branch_probe_trains_the_branch_alone_on_frozen_features(tmp_path):
     """The probe trains only the parsing branch (the backbone's weights do not move) and scores RoI mIoU; perfect
     features are the one-hot part map at stride 4."""

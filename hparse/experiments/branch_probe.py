@@ -17,8 +17,10 @@ map average-pooled to stride 4 in place of P2 (what a branch learns from ideal f
 alignment bound of :mod:`hparse.experiments.roi_alignment`).
 
     python -m hparse.experiments.branch_probe --profile cpu \\
-        --weights stage1=runs/pretrain_cpu/stage1/backbone.pt stage2=hparse/weights/synthcrowd_resnet18_w24.pt
+        --weights stage1=runs/pretrain_cpu/stage1/backbone.pt stage2=hparse/weights/synthcrowd_resnet18_w24.pt \\
+        --record parsing_rcnn/branch_probe
 
+prints one row per probe and writes ``results/<profile>/<record>.json``; without ``--record`` it only prints.
 ``--head-norms none gn`` trains the whole branch once with each normalisation (the GroupNorm question of
 :mod:`hparse.models.heads.parsing_head`; ``--record parsing_rcnn/branch_probe_norm``).
 """
@@ -166,7 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--head-norms", nargs="+", default=["recipe"], choices=list(HEAD_NORMS),
                         help="the branch's normalisation: the recipe's, none or GroupNorm (one row each)")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--record", default="parsing_rcnn/branch_probe")
+    parser.add_argument("--record", default=None,
+                        help="results name to write (e.g. parsing_rcnn/branch_probe); without it the rows are only "
+                             "printed")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -181,6 +185,8 @@ def main(argv=None) -> int:
                 row = f"{name}/{probe}" + ("" if norm == "recipe" else f"/{norm}")
                 rows[row] = {**result, "weights": path, "weights_sha256": _digest(path), "head_norm": norm}
                 print(f"{row:>24} RoI mIoU {result['mIoU']:.3f}  curve {result['curve']}", flush=True)
+    if args.record is None:
+        return 0
     write_result(args.record, {"rows": rows}, profile=profile.name,
                  config={"weights": args.weights, "probes": args.probes, "steps": args.steps,
                          "head_norms": args.head_norms},
