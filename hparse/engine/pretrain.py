@@ -85,10 +85,8 @@ def pretrain_backbone(profile: Profile, out_dir: str | Path, *, iterations: int 
 def _earlier_stages(path: Path) -> list[dict]:
     """The stages recorded in the provenance of the weights file ``path`` (a file made by this command, such as the
     shipped one), so that a run continuing from it keeps the whole chain; ``[]`` for a file without them."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    provenance = blob.get("provenance", {}) if isinstance(blob, dict) else {}
-    return [dict(stage, command=provenance.get("command")) if "command" not in stage else dict(stage)
-            for stage in provenance.get("stages", [])]
+    provenance = torch.load(path, map_location="cpu", weights_only=True).get("provenance", {})
+    return [{"command": provenance.get("command"), **stage} for stage in provenance.get("stages", [])]
 
 
 def _pretrain_stage(plan: dict, out_dir: Path, init: Path | None, seed: int, device, progress: bool):

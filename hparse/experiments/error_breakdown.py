@@ -149,17 +149,17 @@ def left_right_by_view(predictions, samples, flip_pairs) -> dict[str, dict]:
     Returns ``{view: {"persons", "pixels", "accuracy"}}``: ``pixels`` counts the ground-truth pixels of flip-pair parts
     that were predicted as either part of their pair, ``accuracy`` the share of them predicted with the right side.
     """
-    mirror = {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
+    mirror = _mirror(flip_pairs)
     parts = torch.tensor(sorted(mirror))
-    swap = torch.arange(max(mirror) + 1)
-    swap[list(mirror)] = torch.tensor([mirror[c] for c in mirror])
+    swap = torch.arange(256)  # label -> its mirror part (itself for the rest, ignore included)
+    swap[list(mirror)] = torch.tensor(list(mirror.values()))
     counts: dict[str, list[int]] = {}
     for pred, sample in zip(predictions, samples):
         semantic, instances = sample["semantic"].cpu(), sample["instances"].cpu()
         predicted = pred["semantic"].cpu()
         paired = torch.isin(semantic, parts)
         right = paired & (predicted == semantic)
-        wrong = paired & (predicted == swap[semantic.clamp(0, len(swap) - 1).long()])
+        wrong = paired & (predicted == swap[semantic.long()])
         for g, view in enumerate(sample["meta"]["view"]):
             person = instances == g + 1
             ok, bad = int((right & person).sum()), int((wrong & person).sum())
@@ -171,8 +171,13 @@ def left_right_by_view(predictions, samples, flip_pairs) -> dict[str, dict]:
             for view, (ok, bad, persons) in sorted(counts.items())}
 
 
+def _mirror(flip_pairs) -> dict[int, int]:
+    """Every part of a flip pair -> the other part of its pair."""
+    return {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
+
+
 def _confusion_shares(confusion: torch.Tensor, names, flip_pairs) -> dict[str, dict]:
-    mirror = {a: b for a, b in flip_pairs} | {b: a for a, b in flip_pairs}
+    mirror = _mirror(flip_pairs)
     out = {}
     for c, name in enumerate(names):
         if c == 0:
